@@ -1,0 +1,297 @@
+//! Keys and encryption.
+//!
+//! Three secrets, three powers:
+//! - the **identity** (an age X25519 secret key) decrypts everything;
+//! - the **dedup secret** (32 random bytes per repository) keys chunk ids
+//!   (HMAC-SHA256) so a reader of the bucket cannot test whether a known
+//!   plaintext is stored, and derives the **index key** that encrypts the
+//!   chunk index (writers need the index to deduplicate);
+//! - the **write credential** = dedup secret + repository recipients. It can
+//!   add snapshots but decrypts no pack and no manifest: those are encrypted
+//!   to the recipients only.
+//!
+//! All encryption at rest is age (X25519 + ChaCha20-Poly1305).
+
+use std::io::{Read, Write};
+use std::path::Path;
+
+use age::secrecy::ExposeSecret;
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CryptoError {
+    #[error("cannot read key file {path}: {source}")]
+    KeyFile {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is not an age identity file (expected a line starting with AGE-SECRET-KEY-1)")]
+    NotAnIdentity { path: String },
+    #[error("{path} is not a lifeboat write credential: {reason}")]
+    BadWriteCredential { path: String, reason: String },
+    #[error("invalid age recipient {0:?} (expected age1…)")]
+    BadRecipient(String),
+    #[error("none of the given identities can decrypt {what}; use the identity this repository was initialised for")]
+    WrongKey { what: String },
+    #[error("{what} is corrupt: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("encryption failed: {0}")]
+    Encrypt(String),
+}
+
+/// 32-byte keyed hash of a chunk's plaintext.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ChunkId(pub [u8; 32]);
+
+impl ChunkId {
+    pub fn to_hex(&self) -> String {
+        hex::encode(self.0)
+    }
+    pub fn from_hex(s: &str) -> Option<Self> {
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(s, &mut b).ok()?;
+        Some(ChunkId(b))
+    }
+}
+
+impl std::fmt::Debug for ChunkId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", &self.to_hex()[..16])
+    }
+}
+
+impl Serialize for ChunkId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+impl<'de> Deserialize<'de> for ChunkId {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        ChunkId::from_hex(&s).ok_or_else(|| serde::de::Error::custom("bad chunk id"))
+    }
+}
+
+/// The per-repository dedup secret.
+#[derive(Clone)]
+pub struct DedupKey([u8; 32]);
+
+impl std::fmt::Debug for DedupKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DedupKey(<redacted>)")
+    }
+}
+
+impl DedupKey {
+    pub fn generate() -> Self {
+        DedupKey(rand::random())
+    }
+    pub fn from_bytes(b: [u8; 32]) -> Self {
+        DedupKey(b)
+    }
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
+    /// HMAC-SHA256 of the chunk plaintext under the dedup secret.
+    pub fn chunk_id(&self, data: &[u8]) -> ChunkId {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(data);
+        ChunkId(mac.finalize().into_bytes().into())
+    }
+
+    /// The age identity that encrypts the chunk index, derived from the
+    /// dedup secret so that both writers and identity holders can read it.
+    pub fn index_identity(&self) -> age::x25519::Identity {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"lifeboat index key v1");
+        let derived: [u8; 32] = mac.finalize().into_bytes().into();
+        let hrp = bech32::Hrp::parse("age-secret-key-").expect("valid hrp");
+        let encoded = bech32::encode::<bech32::Bech32>(hrp, &derived).expect("32 bytes always encode");
+        encoded.to_uppercase().parse().expect("derived key is a valid age identity")
+    }
+}
+
+pub type Recipient = age::x25519::Recipient;
+
+pub fn parse_recipient(s: &str) -> Result<Recipient, CryptoError> {
+    s.trim().parse().map_err(|_| CryptoError::BadRecipient(s.to_string()))
+}
+
+/// Identities loaded from an age identity file (`--identity FILE`).
+pub struct Identities {
+    ids: Vec<Box<dyn age::Identity + Send + Sync>>,
+    pub source: String,
+}
+
+impl std::fmt::Debug for Identities {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Identities({} from {})", self.ids.len(), self.source)
+    }
+}
+
+impl Identities {
+    pub fn from_file(path: &Path) -> Result<Self, CryptoError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| CryptoError::KeyFile { path: p.clone(), source: e })?;
+        if !text.lines().any(|l| l.trim_start().starts_with("AGE-SECRET-KEY-")) {
+            return Err(CryptoError::NotAnIdentity { path: p });
+        }
+        let file = age::IdentityFile::from_buffer(text.as_bytes()).map_err(|_| CryptoError::NotAnIdentity { path: p.clone() })?;
+        let ids = file.into_identities().map_err(|_| CryptoError::NotAnIdentity { path: p.clone() })?;
+        Ok(Identities { ids, source: p })
+    }
+
+    pub fn from_x25519(id: age::x25519::Identity, source: &str) -> Self {
+        Identities { ids: vec![Box::new(id)], source: source.to_string() }
+    }
+
+    pub fn decrypt(&self, what: &str, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+        decrypt_with(self.ids.iter().map(|i| i.as_ref() as &dyn age::Identity), what, ciphertext)
+    }
+}
+
+fn decrypt_with<'a>(
+    ids: impl Iterator<Item = &'a dyn age::Identity>,
+    what: &str,
+    ciphertext: &[u8],
+) -> Result<Vec<u8>, CryptoError> {
+    let corrupt = |d: String| CryptoError::Corrupt { what: what.to_string(), detail: d };
+    let dec = age::Decryptor::new_buffered(ciphertext).map_err(|e| corrupt(format!("bad age header: {e}")))?;
+    let mut reader = dec.decrypt(ids).map_err(|e| match e {
+        age::DecryptError::NoMatchingKeys => CryptoError::WrongKey { what: what.to_string() },
+        other => corrupt(other.to_string()),
+    })?;
+    let mut out = Vec::with_capacity(ciphertext.len());
+    reader.read_to_end(&mut out).map_err(|e| corrupt(format!("authentication failed ({e})")))?;
+    Ok(out)
+}
+
+/// Decrypt with a single x25519 identity (used for the index key).
+pub fn decrypt_one(id: &age::x25519::Identity, what: &str, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    decrypt_with(std::iter::once(id as &dyn age::Identity), what, ciphertext)
+}
+
+/// Encrypt to a set of recipients (age binary format).
+pub fn encrypt(recipients: &[Recipient], plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
+    let enc = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+        .map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+    let mut out = Vec::with_capacity(plaintext.len() + 256 + plaintext.len() / 4096);
+    let mut w = enc.wrap_output(&mut out).map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+    w.write_all(plaintext).map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+    w.finish().map_err(|e| CryptoError::Encrypt(e.to_string()))?;
+    Ok(out)
+}
+
+/// A new identity, serialised like `age-keygen` does.
+pub fn generate_identity() -> (String, String) {
+    let id = age::x25519::Identity::generate();
+    let recipient = id.to_public().to_string();
+    let text = format!(
+        "# created: {}\n# public key: {}\n{}\n",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        recipient,
+        id.to_string().expose_secret()
+    );
+    (text, recipient)
+}
+
+/// The write credential, as stored in a file (JSON).
+#[derive(Clone, Serialize, Deserialize)]
+pub struct WriteCredential {
+    /// Always "lifeboat-write-credential".
+    pub kind: String,
+    pub repository_id: String,
+    /// Base64 of the dedup secret.
+    pub dedup_secret: String,
+    pub recipients: Vec<String>,
+}
+
+impl std::fmt::Debug for WriteCredential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "WriteCredential(repository {})", self.repository_id)
+    }
+}
+
+pub const WRITE_CREDENTIAL_KIND: &str = "lifeboat-write-credential";
+
+impl WriteCredential {
+    pub fn new(repository_id: &str, key: &DedupKey, recipients: &[String]) -> Self {
+        use base64::Engine;
+        WriteCredential {
+            kind: WRITE_CREDENTIAL_KIND.into(),
+            repository_id: repository_id.into(),
+            dedup_secret: base64::engine::general_purpose::STANDARD.encode(key.as_bytes()),
+            recipients: recipients.to_vec(),
+        }
+    }
+
+    pub fn from_file(path: &Path) -> Result<Self, CryptoError> {
+        let p = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|e| CryptoError::KeyFile { path: p.clone(), source: e })?;
+        if text.contains("AGE-SECRET-KEY-") {
+            return Err(CryptoError::BadWriteCredential {
+                path: p,
+                reason: "this is an age identity (restore key), not a write credential; pass it with --identity".into(),
+            });
+        }
+        let c: WriteCredential = serde_json::from_str(&text)
+            .map_err(|e| CryptoError::BadWriteCredential { path: p.clone(), reason: e.to_string() })?;
+        if c.kind != WRITE_CREDENTIAL_KIND {
+            return Err(CryptoError::BadWriteCredential { path: p, reason: format!("unexpected kind {:?}", c.kind) });
+        }
+        c.dedup_key().map_err(|reason| CryptoError::BadWriteCredential { path: p, reason })?;
+        Ok(c)
+    }
+
+    pub fn dedup_key(&self) -> Result<DedupKey, String> {
+        use base64::Engine;
+        let b = base64::engine::general_purpose::STANDARD.decode(&self.dedup_secret).map_err(|e| e.to_string())?;
+        let arr: [u8; 32] = b.try_into().map_err(|_| "dedup secret must be 32 bytes".to_string())?;
+        Ok(DedupKey(arr))
+    }
+
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("serialisable") + "\n"
+    }
+}
+
+/// Write a secret file with mode 0600, refusing to replace an existing one.
+pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roundtrip_and_wrong_key() {
+        let (text, rcpt) = generate_identity();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("id");
+        std::fs::write(&p, &text).unwrap();
+        let ids = Identities::from_file(&p).unwrap();
+        let ct = encrypt(&[parse_recipient(&rcpt).unwrap()], b"hello").unwrap();
+        assert_eq!(ids.decrypt("x", &ct).unwrap(), b"hello");
+        let (_, other) = generate_identity();
+        let ct2 = encrypt(&[parse_recipient(&other).unwrap()], b"hello").unwrap();
+        assert!(matches!(ids.decrypt("x", &ct2), Err(CryptoError::WrongKey { .. })));
+    }
+
+    #[test]
+    fn index_identity_is_deterministic_and_keyed() {
+        let k = DedupKey::from_bytes([7; 32]);
+        let a = k.index_identity().to_public().to_string();
+        assert_eq!(a, k.index_identity().to_public().to_string());
+        assert_ne!(a, DedupKey::from_bytes([8; 32]).index_identity().to_public().to_string());
+        assert_ne!(k.chunk_id(b"a"), DedupKey::from_bytes([8; 32]).chunk_id(b"a"));
+    }
+}

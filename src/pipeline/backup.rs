@@ -1,0 +1,373 @@
+//! Backup: turn byte streams into packs, an index file and a manifest.
+
+use std::collections::HashSet;
+use std::io::Read;
+use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use super::pack::seal_pack;
+use crate::chunker;
+use crate::crypto::{self, ChunkId, Recipient};
+use crate::error::{Error, Result};
+use crate::repo::{self, BackupStats, Index, IndexFile, Keys, Manifest, PackBlob, PackRecord, Repository, StreamManifest};
+use crate::storage::{Backend, StorageError};
+
+/// What the snapshot will say about itself.
+#[derive(Debug, Clone, Default)]
+pub struct BackupOptions {
+    pub name: String,
+    pub kind: String,
+    pub tags: Vec<String>,
+}
+
+/// A pack ready for encryption and upload.
+struct SealedPack {
+    plaintext: Vec<u8>,
+    blobs: Vec<PackBlob>,
+    raw_bytes: u64,
+}
+
+/// One chunk after hashing (and compressing, if new).
+struct Hashed {
+    seq: u64,
+    id: ChunkId,
+    raw_len: u32,
+    compressed: Option<Vec<u8>>,
+}
+
+/// An open backup. Add one or more streams, then [`BackupSession::commit`].
+/// Dropping it without committing leaves no visible snapshot: packs already
+/// uploaded are unreferenced and `prune` removes them.
+pub struct BackupSession {
+    repo: Repository,
+    keys: Keys,
+    opts: BackupOptions,
+    known: Arc<Index>,
+    session_ids: HashSet<ChunkId>,
+    streams: Vec<StreamManifest>,
+    stats: BackupStats,
+    started: chrono::DateTime<chrono::Utc>,
+    clock: Instant,
+    pack_tx: Option<mpsc::Sender<SealedPack>>,
+    uploader: Option<tokio::task::JoinHandle<Result<Vec<PackRecord>>>>,
+    current: PackBuilder,
+}
+
+struct PackBuilder {
+    body: Vec<u8>,
+    blobs: Vec<PackBlob>,
+    raw_bytes: u64,
+}
+
+impl BackupSession {
+    pub async fn start(repo: &Repository, keys: &Keys, opts: BackupOptions) -> Result<BackupSession> {
+        let known = Arc::new(repo.load_index(keys).await?);
+        debug!(chunks = known.blobs.len(), packs = known.packs.len(), "index loaded");
+        // One sealed pack may wait while two are being encrypted/uploaded.
+        let (tx, rx) = mpsc::channel::<SealedPack>(1);
+        let uploader = tokio::spawn(upload_packs(repo.backend.clone(), keys.recipients.clone(), rx));
+        Ok(BackupSession {
+            repo: repo.clone(),
+            keys: keys.clone(),
+            opts,
+            known,
+            session_ids: HashSet::new(),
+            streams: Vec::new(),
+            stats: BackupStats::default(),
+            started: chrono::Utc::now(),
+            clock: Instant::now(),
+            pack_tx: Some(tx),
+            uploader: Some(uploader),
+            current: PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 },
+        })
+    }
+
+    /// Read `reader` to its end as one named stream of the snapshot.
+    pub async fn add_stream<R: Read + Send + 'static>(&mut self, name: &str, reader: R) -> Result<&StreamManifest> {
+        let span = tracing::info_span!("stream", name);
+        let _e = span.enter();
+        // The blocking part needs the session's packer state; move it in and back out.
+        let mut state = PackerState {
+            known: self.known.clone(),
+            session_ids: std::mem::take(&mut self.session_ids),
+            current: std::mem::replace(&mut self.current, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 }),
+            stats: std::mem::take(&mut self.stats),
+            pack_tx: self.pack_tx.clone().ok_or_else(|| Error::Other("backup session already committed".into()))?,
+            pack_size: self.repo.config.pack_size as usize,
+        };
+        let params = self.repo.config.chunker;
+        let level = self.repo.config.compression_level;
+        let dedup = self.keys.dedup.clone();
+        let joined = tokio::task::spawn_blocking(move || {
+            let r = run_stream(reader, params, level, dedup, &mut state);
+            (state, r)
+        })
+        .await
+        .map_err(|e| Error::Other(format!("backup worker failed: {e}")))?;
+        let (state, result) = joined;
+        self.session_ids = state.session_ids;
+        self.current = state.current;
+        self.stats = state.stats;
+        let (size, chunks) = match result {
+            Ok(v) => v,
+            Err(e) => {
+                // An upload error closes the channel; report it rather than the symptom.
+                self.finish_uploads().await?;
+                return Err(e);
+            }
+        };
+        self.streams.push(StreamManifest { name: name.to_string(), size, chunks });
+        Ok(self.streams.last().expect("just pushed"))
+    }
+
+    async fn finish_uploads(&mut self) -> Result<Vec<PackRecord>> {
+        self.pack_tx = None;
+        match self.uploader.take() {
+            Some(h) => h.await.map_err(|e| Error::Other(format!("upload task failed: {e}")))?,
+            None => Ok(Vec::new()),
+        }
+    }
+
+    /// Make the snapshot visible: flush the last pack, wait until every pack
+    /// is durable, write the index, then the manifest.
+    pub async fn commit(mut self, source: serde_json::Value) -> Result<Manifest> {
+        if !self.current.blobs.is_empty() {
+            let p = std::mem::replace(&mut self.current, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 });
+            let tx = self.pack_tx.clone().ok_or_else(|| Error::Other("session closed".into()))?;
+            let sealed = SealedPack { plaintext: seal_pack(p.body, &p.blobs), blobs: p.blobs, raw_bytes: p.raw_bytes };
+            if tx.send(sealed).await.is_err() {
+                // The uploader stopped early: its error explains why.
+                self.finish_uploads().await?;
+                return Err(Error::Other("uploader stopped".into()));
+            }
+        }
+        let records = self.finish_uploads().await?;
+        self.stats.packs_written = records.len() as u64;
+        self.stats.bytes_new_stored = records.iter().map(|r| r.size).sum();
+        if !records.is_empty() {
+            let key = self.repo.write_index(&self.keys, &IndexFile { version: 1, packs: records }).await?;
+            debug!(index = key, "index written");
+        }
+        self.stats.duration_secs = self.clock.elapsed().as_secs_f64();
+        let manifest = Manifest {
+            version: 1,
+            id: hex::encode(rand::random::<[u8; 16]>()),
+            name: self.opts.name.clone(),
+            kind: self.opts.kind.clone(),
+            tags: self.opts.tags.clone(),
+            hostname: hostname(),
+            started: self.started,
+            finished: chrono::Utc::now(),
+            streams: std::mem::take(&mut self.streams),
+            source,
+            stats: self.stats.clone(),
+        };
+        self.repo.write_manifest(&self.keys, &manifest).await?;
+        info!(
+            snapshot = manifest.short_id(),
+            bytes_read = manifest.stats.bytes_read,
+            bytes_new_stored = manifest.stats.bytes_new_stored,
+            "snapshot committed"
+        );
+        Ok(manifest)
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|s| s.trim().to_string())
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+struct PackerState {
+    known: Arc<Index>,
+    session_ids: HashSet<ChunkId>,
+    current: PackBuilder,
+    stats: BackupStats,
+    pack_tx: mpsc::Sender<SealedPack>,
+    pack_size: usize,
+}
+
+/// Chunk, hash, compress and pack one stream. Runs on blocking threads.
+fn run_stream<R: Read + Send + 'static>(
+    reader: R,
+    params: chunker::ChunkerParams,
+    level: i32,
+    dedup: crypto::DedupKey,
+    st: &mut PackerState,
+) -> Result<(u64, Vec<ChunkId>)> {
+    let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
+    let (raw_tx, raw_rx) = sync_channel::<(u64, Vec<u8>)>(workers * 2);
+    let (hashed_tx, hashed_rx) = sync_channel::<Hashed>(workers * 2);
+    let (err_tx, err_rx) = sync_channel::<std::io::Error>(1);
+
+    let chunker = std::thread::Builder::new()
+        .name("lifeboat-chunker".into())
+        .spawn(move || {
+            for (seq, c) in chunker::chunks(reader, params).enumerate() {
+                match c {
+                    Ok(data) => {
+                        if raw_tx.send((seq as u64, data)).is_err() {
+                            return;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = err_tx.send(e);
+                        return;
+                    }
+                }
+            }
+        })
+        .map_err(|e| Error::Other(format!("cannot start chunker thread: {e}")))?;
+
+    let raw_rx = Arc::new(Mutex::new(raw_rx));
+    let mut handles = Vec::new();
+    for i in 0..workers {
+        let rx = raw_rx.clone();
+        let tx: SyncSender<Hashed> = hashed_tx.clone();
+        let key = dedup.clone();
+        let known = st.known.clone();
+        handles.push(
+            std::thread::Builder::new()
+                .name(format!("lifeboat-hash-{i}"))
+                .spawn(move || hash_worker(rx, tx, key, known, level))
+                .map_err(|e| Error::Other(format!("cannot start worker thread: {e}")))?,
+        );
+    }
+    drop(hashed_tx);
+
+    let result = pack_in_order(hashed_rx, st);
+    // Unblock and join the helpers whatever happened.
+    drop(raw_rx);
+    let _ = chunker.join();
+    for h in handles {
+        let _ = h.join();
+    }
+    let (size, chunks) = result?;
+    if let Ok(e) = err_rx.try_recv() {
+        return Err(Error::Input(e));
+    }
+    Ok((size, chunks))
+}
+
+fn hash_worker(
+    rx: Arc<Mutex<Receiver<(u64, Vec<u8>)>>>,
+    tx: SyncSender<Hashed>,
+    key: crypto::DedupKey,
+    known: Arc<Index>,
+    level: i32,
+) {
+    let mut compressor = match zstd::bulk::Compressor::new(level) {
+        Ok(c) => c,
+        Err(_) => return,
+    };
+    loop {
+        let next = match rx.lock() {
+            Ok(guard) => guard.recv(),
+            Err(_) => return,
+        };
+        let Ok((seq, data)) = next else { return };
+        let id = key.chunk_id(&data);
+        // Known chunks are not compressed again: that is what makes a
+        // second backup of unchanged data cheap.
+        let compressed = if known.contains(&id) {
+            None
+        } else {
+            match compressor.compress(&data) {
+                Ok(c) => Some(c),
+                Err(_) => return,
+            }
+        };
+        if tx.send(Hashed { seq, id, raw_len: data.len() as u32, compressed }).is_err() {
+            return;
+        }
+    }
+}
+
+fn pack_in_order(rx: Receiver<Hashed>, st: &mut PackerState) -> Result<(u64, Vec<ChunkId>)> {
+    let mut pending = std::collections::BTreeMap::new();
+    let mut next = 0u64;
+    let mut size = 0u64;
+    let mut chunks = Vec::new();
+    for h in rx.iter() {
+        pending.insert(h.seq, h);
+        while let Some(h) = pending.remove(&next) {
+            next += 1;
+            size += h.raw_len as u64;
+            st.stats.bytes_read += h.raw_len as u64;
+            st.stats.chunks += 1;
+            chunks.push(h.id);
+            if st.known.contains(&h.id) || st.session_ids.contains(&h.id) {
+                continue;
+            }
+            let Some(data) = h.compressed else { continue };
+            st.session_ids.insert(h.id);
+            st.stats.new_chunks += 1;
+            st.stats.bytes_new_raw += h.raw_len as u64;
+            let cur = &mut st.current;
+            cur.blobs.push(PackBlob { id: h.id, offset: cur.body.len() as u32, length: data.len() as u32, raw_length: h.raw_len });
+            cur.body.extend_from_slice(&data);
+            cur.raw_bytes += h.raw_len as u64;
+            if cur.body.len() >= st.pack_size {
+                let p = std::mem::replace(cur, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 });
+                let sealed = SealedPack { plaintext: seal_pack(p.body, &p.blobs), blobs: p.blobs, raw_bytes: p.raw_bytes };
+                if st.pack_tx.blocking_send(sealed).is_err() {
+                    return Err(Error::Other("upload stopped; see the upload error".into()));
+                }
+            }
+        }
+    }
+    if !pending.is_empty() {
+        return Err(Error::Other("internal: chunks lost between pipeline stages".into()));
+    }
+    Ok((size, chunks))
+}
+
+/// Encrypt and upload sealed packs, at most two at a time.
+async fn upload_packs(
+    backend: Arc<dyn Backend>,
+    recipients: Vec<Recipient>,
+    mut rx: mpsc::Receiver<SealedPack>,
+) -> Result<Vec<PackRecord>> {
+    let recipients = Arc::new(recipients);
+    let sem = Arc::new(tokio::sync::Semaphore::new(2));
+    let mut set = tokio::task::JoinSet::new();
+    let mut records = Vec::new();
+    while let Some(pack) = rx.recv().await {
+        let permit = sem.clone().acquire_owned().await.map_err(|e| Error::Other(e.to_string()))?;
+        let backend = backend.clone();
+        let recipients = recipients.clone();
+        set.spawn(async move {
+            let _permit = permit;
+            let SealedPack { plaintext, blobs, raw_bytes } = pack;
+            let (id, ct) = tokio::task::spawn_blocking(move || {
+                let ct = crypto::encrypt(&recipients, &plaintext)?;
+                let id = ChunkId(Sha256::digest(&ct).into());
+                Ok::<_, Error>((id, ct))
+            })
+            .await
+            .map_err(|e| Error::Other(e.to_string()))??;
+            let size = ct.len() as u64;
+            match backend.put_new(&repo::pack_key(&id), Bytes::from(ct)).await {
+                Ok(()) | Err(StorageError::AlreadyExists { .. }) => {}
+                Err(e) => return Err(Error::from(e)),
+            }
+            debug!(pack = ?id, size, raw_bytes, "pack stored");
+            Ok(PackRecord { id, size, blobs })
+        });
+        while let Some(r) = set.try_join_next() {
+            records.push(r.map_err(|e| Error::Other(e.to_string()))??);
+        }
+    }
+    while let Some(r) = set.join_next().await {
+        records.push(r.map_err(|e| Error::Other(e.to_string()))??);
+    }
+    Ok(records)
+}

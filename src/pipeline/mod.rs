@@ -1,0 +1,16 @@
+//! The data path: streams in, packs out (backup), and back (restore).
+//!
+//! Backup stages, each on its own thread(s), connected by bounded channels so
+//! memory stays bounded whatever the input size:
+//!
+//! ```text
+//! reader+chunker ──▶ N hash/compress workers ──▶ packer (in order) ──▶ encrypt+upload (2 in flight)
+//! ```
+
+mod backup;
+mod pack;
+mod restore;
+
+pub use self::backup::{BackupOptions, BackupSession};
+pub use self::pack::{decode_pack_blob, seal_pack};
+pub use self::restore::{PackCache, fetch_pack, restore_stream};

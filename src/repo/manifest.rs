@@ -1,0 +1,56 @@
+//! Snapshot manifests.
+
+use serde::{Deserialize, Serialize};
+
+use crate::crypto::ChunkId;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Manifest {
+    pub version: u32,
+    /// 32 hex characters, random.
+    pub id: String,
+    /// The job or `--name` this snapshot belongs to.
+    pub name: String,
+    /// Source kind: stdin, command, postgres, redis, kubernetes, etcd.
+    pub kind: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub hostname: String,
+    pub started: chrono::DateTime<chrono::Utc>,
+    pub finished: chrono::DateTime<chrono::Utc>,
+    /// One or more byte streams (a database dump per database, a shard per stream…).
+    pub streams: Vec<StreamManifest>,
+    /// Source-specific metadata (server version, fingerprint, LSNs…).
+    #[serde(default)]
+    pub source: serde_json::Value,
+    pub stats: BackupStats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StreamManifest {
+    pub name: String,
+    pub size: u64,
+    pub chunks: Vec<ChunkId>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct BackupStats {
+    pub bytes_read: u64,
+    pub chunks: u64,
+    pub new_chunks: u64,
+    /// Plaintext bytes of chunks the repository did not have.
+    pub bytes_new_raw: u64,
+    /// Bytes of new pack objects written (compressed + encrypted).
+    pub bytes_new_stored: u64,
+    pub packs_written: u64,
+    pub duration_secs: f64,
+}
+
+impl Manifest {
+    pub fn short_id(&self) -> &str {
+        &self.id[..8.min(self.id.len())]
+    }
+    pub fn total_size(&self) -> u64 {
+        self.streams.iter().map(|s| s.size).sum()
+    }
+}

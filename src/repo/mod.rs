@@ -1,0 +1,342 @@
+//! The repository: config, keys, index, snapshot manifests.
+//!
+//! Object layout (all keys relative to the repository root; see docs/FORMAT.md):
+//! ```text
+//! config                 plaintext JSON, format version, chunker/pack parameters, recipients
+//! keys/<id>              the dedup secret, age-encrypted to the recipients
+//! packs/<xx>/<sha256>    age-encrypted packs of zstd-compressed chunks; name = SHA-256 of the ciphertext
+//! index/<id>             chunk id -> pack location, age-encrypted to the index key
+//! snapshots/<id>         snapshot manifests, age-encrypted to the recipients; written last
+//! ```
+
+mod index;
+mod manifest;
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+pub use self::index::{BlobLocation, Index, IndexFile, PackRecord, PackBlob};
+pub use self::manifest::{BackupStats, Manifest, StreamManifest};
+use crate::chunker::ChunkerParams;
+use crate::crypto::{self, DedupKey, Identities, Recipient, WriteCredential};
+use crate::error::{Error, Result};
+use crate::storage::{self, Backend, RepoUrl, StorageError};
+
+pub const FORMAT_NAME: &str = "lifeboat-repository";
+pub const FORMAT_VERSION: u32 = 1;
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RepoConfig {
+    pub format: String,
+    pub version: u32,
+    pub id: String,
+    pub created: chrono::DateTime<chrono::Utc>,
+    pub chunker: ChunkerParams,
+    pub compression_level: i32,
+    pub pack_size: u32,
+    /// age recipients every pack and manifest is encrypted to.
+    pub recipients: Vec<String>,
+}
+
+/// Options for `lifeboat init`.
+#[derive(Debug, Clone)]
+pub struct InitOptions {
+    pub recipients: Vec<String>,
+    pub chunker: ChunkerParams,
+    pub compression_level: i32,
+    pub pack_size: u32,
+}
+
+impl Default for InitOptions {
+    fn default() -> Self {
+        InitOptions { recipients: vec![], chunker: ChunkerParams::default(), compression_level: 3, pack_size: 16 * 1024 * 1024 }
+    }
+}
+
+/// What a caller may do: `Write` adds snapshots; `Read` can also decrypt.
+#[derive(Clone)]
+pub struct Keys {
+    pub dedup: DedupKey,
+    pub recipients: Vec<Recipient>,
+    pub index_identity: Arc<age::x25519::Identity>,
+    identities: Option<Arc<Identities>>,
+}
+
+impl Keys {
+    pub fn identities(&self, action: &str) -> Result<&Identities> {
+        self.identities.as_deref().ok_or_else(|| Error::NeedIdentity { action: action.to_string() })
+    }
+    pub fn can_read(&self) -> bool {
+        self.identities.is_some()
+    }
+}
+
+#[derive(Clone)]
+pub struct Repository {
+    pub backend: Arc<dyn Backend>,
+    pub url: String,
+    pub config: RepoConfig,
+}
+
+impl std::fmt::Debug for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Repository({})", self.url)
+    }
+}
+
+impl Repository {
+    /// Create a new repository. Writes `keys/…` first and `config` last, so
+    /// an interrupted init never looks like a repository.
+    pub async fn init(url: &RepoUrl, opts: InitOptions) -> Result<(Repository, WriteCredential)> {
+        let backend = storage::open(url).await?;
+        Self::init_with_backend(backend, &url.to_string(), opts).await
+    }
+
+    pub async fn init_with_backend(
+        backend: Arc<dyn Backend>,
+        url: &str,
+        opts: InitOptions,
+    ) -> Result<(Repository, WriteCredential)> {
+        if opts.recipients.is_empty() {
+            return Err(Error::Other("at least one --recipient is needed; create one with `lifeboat key generate`".into()));
+        }
+        let recipients: Vec<Recipient> =
+            opts.recipients.iter().map(|r| crypto::parse_recipient(r)).collect::<Result<_, _>>()?;
+        opts.chunker.validate().map_err(Error::Other)?;
+        if !(1..=19).contains(&opts.compression_level) {
+            return Err(Error::Other("compression level must be 1..=19".into()));
+        }
+        match backend.head("config").await? {
+            Some(_) => return Err(Error::RepositoryExists { url: url.to_string() }),
+            None => {}
+        }
+        let config = RepoConfig {
+            format: FORMAT_NAME.into(),
+            version: FORMAT_VERSION,
+            id: hex::encode(rand::random::<[u8; 16]>()),
+            created: chrono::Utc::now(),
+            chunker: opts.chunker,
+            compression_level: opts.compression_level,
+            pack_size: opts.pack_size,
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+        };
+        let dedup = DedupKey::generate();
+        let key_ct = crypto::encrypt(&recipients, dedup.as_bytes())?;
+        backend.put_new(&format!("keys/{}", hex::encode(rand::random::<[u8; 16]>())), Bytes::from(key_ct)).await?;
+        let cfg = serde_json::to_vec_pretty(&config).map_err(|e| Error::Other(e.to_string()))?;
+        backend.put_new("config", Bytes::from(cfg)).await.map_err(|e| match e {
+            StorageError::AlreadyExists { .. } => Error::RepositoryExists { url: url.to_string() },
+            other => other.into(),
+        })?;
+        let cred = WriteCredential::new(&config.id, &dedup, &config.recipients);
+        Ok((Repository { backend, url: url.to_string(), config }, cred))
+    }
+
+    pub async fn open(url: &RepoUrl) -> Result<Repository> {
+        let backend = storage::open(url).await?;
+        Self::open_with_backend(backend, &url.to_string()).await
+    }
+
+    pub async fn open_with_backend(backend: Arc<dyn Backend>, url: &str) -> Result<Repository> {
+        let raw = match backend.get("config").await {
+            Ok(b) => b,
+            Err(StorageError::NotFound { .. }) => return Err(Error::NoRepository { url: url.to_string() }),
+            Err(e) => return Err(e.into()),
+        };
+        let v: serde_json::Value = serde_json::from_slice(&raw)
+            .map_err(|e| Error::NotARepository { url: url.to_string(), detail: format!("config is not JSON: {e}") })?;
+        if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT_NAME) {
+            return Err(Error::NotARepository { url: url.to_string(), detail: "config has no lifeboat format marker".into() });
+        }
+        let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0) as u32;
+        if version > FORMAT_VERSION || version == 0 {
+            return Err(Error::UnsupportedVersion { url: url.to_string(), found: version, supported: FORMAT_VERSION });
+        }
+        let config: RepoConfig = serde_json::from_value(v)
+            .map_err(|e| Error::NotARepository { url: url.to_string(), detail: format!("config: {e}") })?;
+        Ok(Repository { backend, url: url.to_string(), config })
+    }
+
+    fn recipients(&self) -> Result<Vec<Recipient>> {
+        Ok(self.config.recipients.iter().map(|r| crypto::parse_recipient(r)).collect::<Result<_, _>>()?)
+    }
+
+    /// Unlock with the identity: full access.
+    pub async fn unlock_identity(&self, ids: Identities) -> Result<Keys> {
+        let dedup = self.dedup_key_with(&ids).await?;
+        Ok(Keys {
+            index_identity: Arc::new(dedup.index_identity()),
+            dedup,
+            recipients: self.recipients()?,
+            identities: Some(Arc::new(ids)),
+        })
+    }
+
+    /// Recover the dedup secret with an identity (to re-issue a write credential).
+    pub async fn dedup_key_with(&self, ids: &Identities) -> Result<DedupKey> {
+        let keys = self.backend.list("keys/").await?;
+        if keys.is_empty() {
+            return Err(Error::NotARepository { url: self.url.clone(), detail: "no keys/ objects".into() });
+        }
+        for k in keys {
+            let ct = self.backend.get(&k.key).await?;
+            match ids.decrypt(&k.key, &ct) {
+                Ok(pt) => {
+                    let arr: [u8; 32] = pt
+                        .try_into()
+                        .map_err(|_| Error::Corrupt { what: k.key.clone(), detail: "key is not 32 bytes".into() })?;
+                    return Ok(DedupKey::from_bytes(arr));
+                }
+                Err(crypto::CryptoError::WrongKey { .. }) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(Error::WrongIdentity {
+            source_name: ids.source.clone(),
+            url: self.url.clone(),
+            recipients: self.config.recipients.join(", "),
+        })
+    }
+
+    /// Unlock with a write credential: can add snapshots, cannot read them.
+    pub fn unlock_write(&self, cred: &WriteCredential) -> Result<Keys> {
+        if cred.repository_id != self.config.id {
+            return Err(Error::CredentialMismatch {
+                credential: cred.repository_id.clone(),
+                repository: self.config.id.clone(),
+                url: self.url.clone(),
+            });
+        }
+        let dedup = cred.dedup_key().map_err(Error::Other)?;
+        Ok(Keys {
+            index_identity: Arc::new(dedup.index_identity()),
+            dedup,
+            recipients: self.recipients()?,
+            identities: None,
+        })
+    }
+
+    /// Load every index file into memory.
+    pub async fn load_index(&self, keys: &Keys) -> Result<Index> {
+        let files = self.backend.list("index/").await?;
+        let mut index = Index::default();
+        let mut set = tokio::task::JoinSet::new();
+        for f in files {
+            let backend = self.backend.clone();
+            let id = keys.index_identity.clone();
+            set.spawn(async move {
+                let ct = backend.get(&f.key).await?;
+                let pt = crypto::decrypt_one(&id, &f.key, &ct)?;
+                let file: IndexFile = serde_json::from_slice(&pt)
+                    .map_err(|e| Error::Corrupt { what: f.key.clone(), detail: e.to_string() })?;
+                Ok::<_, Error>((f.key, file))
+            });
+        }
+        while let Some(r) = set.join_next().await {
+            let (key, file) = r.map_err(|e| Error::Other(e.to_string()))??;
+            index.add_file(&key, file);
+        }
+        Ok(index)
+    }
+
+    pub async fn write_index(&self, keys: &Keys, file: &IndexFile) -> Result<String> {
+        let pt = serde_json::to_vec(file).map_err(|e| Error::Other(e.to_string()))?;
+        let ct = crypto::encrypt(&[keys.index_identity.to_public()], &pt)?;
+        let key = format!("index/{}", hex::encode(rand::random::<[u8; 16]>()));
+        self.backend.put_new(&key, Bytes::from(ct)).await?;
+        Ok(key)
+    }
+
+    /// Write a manifest: this is the moment a snapshot becomes visible.
+    pub async fn write_manifest(&self, keys: &Keys, m: &Manifest) -> Result<()> {
+        let pt = serde_json::to_vec(m).map_err(|e| Error::Other(e.to_string()))?;
+        let ct = crypto::encrypt(&keys.recipients, &pt)?;
+        self.backend.put_new(&format!("snapshots/{}", m.id), Bytes::from(ct)).await?;
+        Ok(())
+    }
+
+    /// Snapshot ids present (no decryption needed).
+    pub async fn snapshot_ids(&self) -> Result<Vec<String>> {
+        let mut ids: Vec<String> = self
+            .backend
+            .list("snapshots/")
+            .await?
+            .into_iter()
+            .filter_map(|o| o.key.strip_prefix("snapshots/").map(str::to_string))
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+
+    pub async fn load_manifest(&self, keys: &Keys, id: &str) -> Result<Manifest> {
+        let ids = keys.identities("reading a snapshot")?;
+        let key = format!("snapshots/{id}");
+        let ct = match self.backend.get(&key).await {
+            Err(StorageError::NotFound { .. }) => return Err(Error::SnapshotNotFound { query: id.to_string() }),
+            other => other?,
+        };
+        let pt = ids.decrypt(&format!("snapshot {id}"), &ct)?;
+        serde_json::from_slice(&pt).map_err(|e| Error::Corrupt { what: format!("snapshot {id}"), detail: e.to_string() })
+    }
+
+    /// Every manifest, oldest first.
+    pub async fn manifests(&self, keys: &Keys) -> Result<Vec<Manifest>> {
+        keys.identities("listing snapshots")?;
+        let ids = self.snapshot_ids().await?;
+        let mut set = tokio::task::JoinSet::new();
+        let sem = Arc::new(tokio::sync::Semaphore::new(16));
+        for id in ids {
+            let repo = self.clone();
+            let keys = keys.clone();
+            let sem = sem.clone();
+            set.spawn(async move {
+                let _permit = sem.acquire_owned().await;
+                repo.load_manifest(&keys, &id).await
+            });
+        }
+        let mut out = Vec::new();
+        while let Some(r) = set.join_next().await {
+            out.push(r.map_err(|e| Error::Other(e.to_string()))??);
+        }
+        out.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Resolve `latest`, a full id or a unique prefix to a manifest.
+    pub async fn find_snapshot(&self, keys: &Keys, query: &str, name: Option<&str>) -> Result<Manifest> {
+        if query == "latest" {
+            let all = self.manifests(keys).await?;
+            return all
+                .into_iter()
+                .filter(|m| name.is_none_or(|n| m.name == n))
+                .next_back()
+                .ok_or_else(|| Error::SnapshotNotFound {
+                    query: match name {
+                        Some(n) => format!("latest --name {n}"),
+                        None => "latest".into(),
+                    },
+                });
+        }
+        if query.is_empty() || !query.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(Error::SnapshotNotFound { query: query.to_string() });
+        }
+        let ids = self.snapshot_ids().await?;
+        let matches: Vec<&String> = ids.iter().filter(|i| i.starts_with(&query.to_ascii_lowercase())).collect();
+        match matches.len() {
+            0 => Err(Error::SnapshotNotFound { query: query.to_string() }),
+            1 => self.load_manifest(keys, matches[0]).await,
+            _ => Err(Error::AmbiguousSnapshot {
+                query: query.to_string(),
+                candidates: matches.iter().map(|s| &s[..12.min(s.len())]).collect::<Vec<_>>().join(", "),
+            }),
+        }
+    }
+}
+
+/// A pack's object key from its id.
+pub fn pack_key(id: &crypto::ChunkId) -> String {
+    let h = id.to_hex();
+    format!("packs/{}/{}", &h[..2], h)
+}
