@@ -30,6 +30,8 @@ pub enum CryptoError {
     },
     #[error("{path} is not an age identity file (expected a line starting with AGE-SECRET-KEY-1)")]
     NotAnIdentity { path: String },
+    #[error("{path} is a write credential: it can add snapshots but never decrypt them; restoring needs the age identity (--identity FILE)")]
+    IsWriteCredential { path: String },
     #[error("{path} is not a lifeboat write credential: {reason}")]
     BadWriteCredential { path: String, reason: String },
     #[error("invalid age recipient {0:?} (expected age1…)")]
@@ -139,6 +141,9 @@ impl Identities {
         let p = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| CryptoError::KeyFile { path: p.clone(), source: e })?;
         if !text.lines().any(|l| l.trim_start().starts_with("AGE-SECRET-KEY-")) {
+            if text.contains(WRITE_CREDENTIAL_KIND) {
+                return Err(CryptoError::IsWriteCredential { path: p });
+            }
             return Err(CryptoError::NotAnIdentity { path: p });
         }
         let file = age::IdentityFile::from_buffer(text.as_bytes()).map_err(|_| CryptoError::NotAnIdentity { path: p.clone() })?;
