@@ -14,9 +14,9 @@ pub enum Error {
     UnsupportedVersion { url: String, found: u32, supported: u32 },
     #[error("{url} does not hold a lifeboat repository: {detail}")]
     NotARepository { url: String, detail: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Storage(#[from] StorageError),
-    #[error("{0}")]
+    #[error(transparent)]
     Crypto(#[from] CryptoError),
     #[error("the identity in {source_name} cannot decrypt the key of repository {url}; it is encrypted to {recipients}")]
     WrongIdentity { source_name: String, url: String, recipients: String },

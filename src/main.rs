@@ -142,6 +142,24 @@ struct InitArgs {
     /// zstd level for chunks (1-19).
     #[arg(long, default_value_t = 3)]
     compression_level: i32,
+    /// Average chunk size (e.g. 1M, 256K); min is a quarter, max four times. See docs/FORMAT.md.
+    #[arg(long, value_parser = parse_size, default_value = "1M")]
+    chunk_size: u32,
+    /// Target pack size (e.g. 16M).
+    #[arg(long, value_parser = parse_size, default_value = "16M")]
+    pack_size: u32,
+}
+
+fn parse_size(s: &str) -> std::result::Result<u32, String> {
+    let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
+    let (num, mult) = match t.chars().last() {
+        Some('K' | 'k') => (&t[..t.len() - 1], 1024u64),
+        Some('M' | 'm') => (&t[..t.len() - 1], 1024 * 1024),
+        Some('G' | 'g') => (&t[..t.len() - 1], 1024 * 1024 * 1024),
+        _ => (t, 1),
+    };
+    let n: u64 = num.parse().map_err(|_| format!("{s:?} is not a size like 512K or 4M"))?;
+    u32::try_from(n * mult).map_err(|_| format!("{s} is too large"))
 }
 
 #[derive(Args)]
@@ -435,7 +453,17 @@ async fn init(a: InitArgs, json: bool) -> Result<ExitCode> {
             bail!("{} already exists; refusing to overwrite a credential", p.display());
         }
     }
-    let opts = InitOptions { recipients: a.recipients, compression_level: a.compression_level, ..Default::default() };
+    let chunker = lifeboat::chunker::ChunkerParams {
+        min_size: (a.chunk_size / 4).max(64),
+        avg_size: a.chunk_size,
+        max_size: a.chunk_size.saturating_mul(4),
+    };
+    let opts = InitOptions {
+        recipients: a.recipients,
+        compression_level: a.compression_level,
+        chunker,
+        pack_size: a.pack_size,
+    };
     let (repo, cred) = Repository::init(&a.repo.repo, opts).await?;
     if let Some(p) = &a.write_key_out {
         crypto::write_secret_file(p, &cred.to_json()).with_context(|| format!("cannot write {}", p.display()))?;

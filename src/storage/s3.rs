@@ -118,7 +118,7 @@ impl S3Backend {
             }
             SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => StorageError::Unreachable {
                 endpoint: self.endpoint(),
-                detail: format!("{}", DisplayErrorContext(&err)),
+                detail: root_cause(&err),
             },
             _ => StorageError::Other { key: key.to_string(), detail: format!("{}", DisplayErrorContext(&err)) },
         }
@@ -171,6 +171,17 @@ impl S3Backend {
         }
         result
     }
+}
+
+/// The innermost cause ("Connection refused (os error 111)"): what the
+/// reader needs, without the SDK's layers of wrapping.
+fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut cur = err;
+    while let Some(next) = cur.source() {
+        cur = next;
+    }
+    let msg = cur.to_string();
+    if matches!(err.source(), None) { format!("{}", DisplayErrorContext(err)) } else { msg }
 }
 
 #[async_trait]
