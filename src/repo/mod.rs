@@ -105,6 +105,9 @@ impl Repository {
         let recipients: Vec<Recipient> =
             opts.recipients.iter().map(|r| crypto::parse_recipient(r)).collect::<Result<_, _>>()?;
         opts.chunker.validate().map_err(Error::Other)?;
+        if !(1 << 20..=256 << 20).contains(&opts.pack_size) {
+            return Err(Error::Other("pack size must be between 1 MiB and 256 MiB".into()));
+        }
         if !(1..=19).contains(&opts.compression_level) {
             return Err(Error::Other("compression level must be 1..=19".into()));
         }
