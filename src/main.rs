@@ -13,6 +13,8 @@ use lifeboat::crypto::{self, Identities, WriteCredential};
 use lifeboat::pipeline::{BackupOptions, BackupSession, restore_stream};
 use lifeboat::policy::{JobKind, Policy};
 use lifeboat::repo::{InitOptions, Keys, Manifest, Repository};
+use lifeboat::source::postgres as pg;
+use lifeboat::source::wal;
 use lifeboat::storage::RepoUrl;
 
 const AFTER_HELP: &str = "\
@@ -90,8 +92,8 @@ enum Cmd {
     Prune(RepoOnly),
     /// Copy snapshots to the replica repositories of a policy.
     Replicate(PolicyArgs),
-    /// Newest snapshot, age and replication lag per job and region.
-    Status(PolicyArgs),
+    /// Newest snapshot and newest recoverable point per job.
+    Status(StatusArgs),
     /// PostgreSQL WAL archiving (archive_command / restore_command).
     #[command(subcommand)]
     Wal(WalCmd),
@@ -150,6 +152,23 @@ struct InitArgs {
     pack_size: u32,
 }
 
+fn parse_time(s: &str) -> std::result::Result<chrono::DateTime<chrono::Utc>, String> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f%#z", "%Y-%m-%d %H:%M:%S%#z"] {
+        if let Ok(t) = chrono::DateTime::parse_from_str(s, f) {
+            return Ok(t.with_timezone(&chrono::Utc));
+        }
+    }
+    for f in ["%Y-%m-%d %H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%d %H:%M:%S"] {
+        if let Ok(t) = chrono::NaiveDateTime::parse_from_str(s, f) {
+            return Ok(t.and_utc());
+        }
+    }
+    Err(format!("{s:?} is not a time; use RFC 3339 like 2026-11-21T03:00:00Z (UTC when no offset is given)"))
+}
+
 fn parse_size(s: &str) -> std::result::Result<u32, String> {
     let t = s.trim().trim_end_matches("iB").trim_end_matches('B');
     let (num, mult) = match t.chars().last() {
@@ -195,6 +214,14 @@ struct PolicyArgs {
 }
 
 #[derive(Args)]
+struct StatusArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    #[command(flatten)]
+    identity: IdentityArg,
+}
+
+#[derive(Args)]
 struct PolicyJobArgs {
     #[arg(long)]
     policy: PathBuf,
@@ -232,9 +259,38 @@ struct RestoreArgs {
     /// Which stream of a multi-stream snapshot.
     #[arg(long)]
     stream: Option<String>,
-    /// `-` for stdout, or a file path (written atomically, never overwritten without --force).
-    #[arg(long, required_unless_present = "to_command", conflicts_with = "to_command")]
+    /// `-` (stdout), a file path (written atomically, never replaced without --force),
+    /// or a database: `postgres://user@host/db` or `env:NAME` holding such a URL (keeps the password
+    /// out of the process list).
+    #[arg(long, required_unless_present_any = ["to_command", "to_dir"], conflicts_with_all = ["to_command", "to_dir"])]
     to: Option<String>,
+    /// PostgreSQL physical snapshot: lay out a data directory here and configure recovery from the WAL archive.
+    #[arg(long, conflicts_with = "to_command")]
+    to_dir: Option<PathBuf>,
+    /// Point in time to recover to (RFC 3339, e.g. 2026-11-21T03:00:00Z); default: the newest archived WAL.
+    #[arg(long, requires = "to_dir", value_parser = parse_time, conflicts_with = "lsn")]
+    at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Recover up to this LSN instead of a time.
+    #[arg(long, requires = "to_dir")]
+    lsn: Option<String>,
+    /// With --to-dir: start the server and wait until recovery has finished.
+    #[arg(long, requires = "to_dir")]
+    start: bool,
+    /// With --start: the port the restored server listens on (127.0.0.1).
+    #[arg(long, default_value_t = 5433)]
+    port: u16,
+    /// With --start: how long to wait for recovery, in seconds.
+    #[arg(long, default_value_t = 3600)]
+    wait: u64,
+    /// PostgreSQL: which database of a multi-database snapshot.
+    #[arg(long)]
+    database: Option<String>,
+    /// PostgreSQL: drop and recreate a non-empty target database.
+    #[arg(long)]
+    clean: bool,
+    /// PostgreSQL: parallel pg_restore jobs (stages the dump in a temp file).
+    #[arg(long, default_value_t = 1)]
+    jobs: u32,
     /// Pipe the stream into `sh -c COMMAND` (e.g. "tar -C /restore -x").
     #[arg(long)]
     to_command: Option<String>,
@@ -256,10 +312,38 @@ struct CheckArgs {
 
 #[derive(Subcommand)]
 enum WalCmd {
-    /// Archive one WAL segment (archive_command = 'lifeboat wal push %p').
-    Push { path: PathBuf },
-    /// Fetch one WAL segment (restore_command = 'lifeboat wal fetch %f %p').
-    Fetch { name: String, dest: PathBuf },
+    /// Archive one WAL file: archive_command = 'lifeboat wal push --archive JOB %p'.
+    /// Idempotent for an identical file; refuses a different file under the same name.
+    Push {
+        path: PathBuf,
+        #[command(flatten)]
+        repo: RepoArg,
+        /// WAL archive name (the policy job name); one per PostgreSQL cluster.
+        #[arg(long, default_value = "postgres")]
+        archive: String,
+        #[arg(long, env = "LIFEBOAT_WRITE_KEY_FILE")]
+        write_key: Option<PathBuf>,
+        #[command(flatten)]
+        identity: IdentityArg,
+    },
+    /// Fetch one WAL file: restore_command = 'lifeboat wal fetch --archive JOB %f %p'.
+    Fetch {
+        name: String,
+        dest: PathBuf,
+        #[command(flatten)]
+        repo: RepoArg,
+        #[arg(long, default_value = "postgres")]
+        archive: String,
+        #[command(flatten)]
+        identity: IdentityArg,
+    },
+    /// List archived WAL files and how far recovery can reach.
+    List {
+        #[command(flatten)]
+        repo: RepoArg,
+        #[arg(long, default_value = "postgres")]
+        archive: String,
+    },
 }
 
 #[derive(Args)]
@@ -392,8 +476,8 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Forget(_) => Err(NotYet("forget").into()),
         Cmd::Prune(_) => Err(NotYet("prune").into()),
         Cmd::Replicate(_) => Err(NotYet("replicate").into()),
-        Cmd::Status(_) => Err(NotYet("status").into()),
-        Cmd::Wal(_) => Err(NotYet("wal").into()),
+        Cmd::Status(a) => status(a, json).await,
+        Cmd::Wal(w) => wal_cmd(w, json).await,
         Cmd::Verify(_) => Err(NotYet("verify").into()),
         Cmd::Drill(_) => Err(NotYet("drill").into()),
         Cmd::Report(_) => Err(NotYet("report").into()),
@@ -502,8 +586,16 @@ async fn backup(a: BackupArgs, json: bool) -> Result<ExitCode> {
                 let meta = lifeboat::source::backup_command(&mut session, &job.name, command).await?;
                 session.commit(meta).await?
             }
+            JobKind::Postgres => {
+                let conn = job.connection()?;
+                let mut session = BackupSession::start(&repo, &keys, opts).await?;
+                let meta = match job.mode.as_deref().unwrap_or("logical") {
+                    "physical" => pg::backup_physical(&mut session, &job.name, &conn, &job.pg_options()).await?,
+                    _ => pg::backup_logical(&mut session, &job.name, &conn, &job.pg_options()).await?,
+                };
+                session.commit(meta).await?
+            }
             other => return Err(NotYet(match other {
-                JobKind::Postgres => "backup (postgres jobs)",
                 JobKind::Redis => "backup (redis jobs)",
                 JobKind::Kubernetes => "backup (kubernetes jobs)",
                 _ => "backup (etcd jobs)",
@@ -567,7 +659,7 @@ async fn snapshots(a: SnapshotsArgs, json: bool) -> Result<ExitCode> {
                 serde_json::json!({"id": m.id, "name": m.name, "kind": m.kind, "tags": m.tags, "hostname": m.hostname,
                     "started": m.started, "finished": m.finished, "size": m.total_size(),
                     "streams": m.streams.iter().map(|s| serde_json::json!({"name": s.name, "size": s.size})).collect::<Vec<_>>(),
-                    "stats": m.stats})
+                    "stats": m.stats, "source": m.source})
             })
             .collect();
         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -595,7 +687,10 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
     let repo = Repository::open(&a.repo.repo).await?;
     let keys = read_keys(&repo, &a.identity, "restoring").await?;
     let manifest = repo.find_snapshot(&keys, &a.snapshot, a.name.as_deref()).await?;
-    let stream = match &a.stream {
+    let wanted = a.stream.clone().or_else(|| a.database.as_ref().map(|d| format!("db/{d}")));
+    let is_db_target = a.to_dir.is_some() || a.to.as_deref().is_some_and(|t| t.starts_with("postgres") || t.starts_with("env:"));
+    let stream = match &wanted {
+        _ if is_db_target => &manifest.streams[0],
         Some(s) => manifest
             .streams
             .iter()
@@ -613,6 +708,52 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
     };
     let index = repo.load_index(&keys).await?;
     let started = std::time::Instant::now();
+    if let Some(dir) = &a.to_dir {
+        let identity = std::fs::canonicalize(a.identity.identity.as_ref().expect("checked by read_keys"))?;
+        let o = pg::PitrOptions {
+            at: a.at,
+            lsn: a.lsn.clone(),
+            start: a.start,
+            port: a.port,
+            exe: std::env::current_exe()?,
+            repo_url: a.repo.repo.to_string(),
+            identity,
+            wait_secs: a.wait,
+        };
+        let r = pg::restore_physical(&repo, &keys, &index, &manifest, dir, &o).await?;
+        if json {
+            println!("{}", serde_json::json!({"id": manifest.id, "result": r, "seconds": started.elapsed().as_secs_f64()}));
+        } else {
+            eprintln!(
+                "restored base backup {} into {}; recovery {} (newest recoverable point {})",
+                manifest.short_id(),
+                dir.display(),
+                if a.start { "finished, server running" } else { "configured: start the server to recover" },
+                r["newest_recoverable"].as_str().unwrap_or("?")
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    if let Some(to) = a.to.as_deref().filter(|t| t.starts_with("postgres://") || t.starts_with("postgresql://") || t.starts_with("env:")) {
+        if to.starts_with("postgres") && pg::redact(to) != to {
+            eprintln!("warning: a password in --to is visible in the process list; use --to env:NAME");
+        }
+        let conn = if to.starts_with("env:") { lifeboat::policy::resolve_secret(to)? } else { to.to_string() };
+        let db = a.database.clone().or_else(|| a.stream.as_ref().and_then(|s| s.strip_prefix("db/").map(str::to_string)));
+        let r = pg::restore_logical(&repo, &keys, &index, &manifest, &conn, db.as_deref(), a.clean, a.jobs).await?;
+        if json {
+            println!("{}", serde_json::json!({"id": manifest.id, "result": r}));
+        } else {
+            eprintln!(
+                "restored database {} of snapshot {} into {} in {:.1}s",
+                r["source_database"].as_str().unwrap_or("?"),
+                manifest.short_id(),
+                r["database"].as_str().unwrap_or("?"),
+                started.elapsed().as_secs_f64()
+            );
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let written = if let Some(cmd) = &a.to_command {
         let mut child = lifeboat::source::spawn_restore_command(cmd)?;
         let stdin = child.stdin.take().ok_or_else(|| anyhow::anyhow!("no stdin pipe"))?;
@@ -642,7 +783,7 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
                     }
                 }
             }
-            None => unreachable!("clap requires --to or --to-command"),
+            None => bail!("give --to, --to-dir or --to-command"),
         }
     };
     let secs = started.elapsed().as_secs_f64();
@@ -704,6 +845,101 @@ async fn check(a: CheckArgs, json: bool) -> Result<ExitCode> {
     }
     if !report.ok() {
         return Err(lifeboat::Error::CheckFailed(report.errors.len()).into());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn wal_cmd(w: WalCmd, json: bool) -> Result<ExitCode> {
+    match w {
+        WalCmd::Push { path, repo, archive, write_key, identity } => {
+            let r = Repository::open(&repo.repo).await?;
+            let keys = write_keys(&r, write_key.as_deref(), &identity).await?;
+            let outcome = wal::push(&r, &keys, &archive, &path).await?;
+            if json {
+                println!("{}", serde_json::json!({"file": path, "stored": outcome == wal::PushOutcome::Stored}));
+            } else if outcome == wal::PushOutcome::AlreadyArchived {
+                eprintln!("{} was already archived (identical); nothing to do", path.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        WalCmd::Fetch { name, dest, repo, archive, identity } => {
+            let r = Repository::open(&repo.repo).await?;
+            let keys = read_keys(&r, &identity, "wal fetch").await?;
+            wal::fetch(&r, &keys, &archive, &name, &dest).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        WalCmd::List { repo, archive } => {
+            let r = Repository::open(&repo.repo).await?;
+            let list = wal::list(&r, &archive).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for h in &list {
+                    println!("{}  {:>10}  {}", h.name, human(h.size), h.pushed_at.to_rfc3339());
+                }
+                println!("{} file(s) in WAL archive {archive:?}", list.len());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Newest snapshot and newest recoverable point per job of a policy.
+async fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
+    let policy = Policy::load(&a.policy)?;
+    let url = policy.primary()?;
+    let repo = Repository::open(&url).await?;
+    let keys = read_keys(&repo, &a.identity, "status").await?;
+    let all = repo.manifests(&keys).await?;
+    let now = chrono::Utc::now();
+    let mut rows = Vec::new();
+    for job in &policy.jobs {
+        let newest = all.iter().filter(|m| m.name == job.name).max_by_key(|m| m.started);
+        // A logical snapshot recovers the state at its start (the exported snapshot).
+        let mut recoverable = newest.map(|m| if m.source["mode"] == "physical" { m.finished } else { m.started });
+        let mut wal_info = serde_json::Value::Null;
+        let physical = all.iter().filter(|m| m.name == job.name && m.source["mode"] == "physical").max_by_key(|m| m.started);
+        if job.kind == JobKind::Postgres && (job.wal_archiving || physical.is_some()) {
+            let archived = wal::list(&repo, &job.name).await?;
+            if let Some(base) = physical {
+                let start = base.source["start_segment"].as_str().unwrap_or_default();
+                let seg = base.source["wal_segment_size"].as_u64().unwrap_or(16 << 20);
+                let reach = wal::reach(&archived, start, seg);
+                if let Some(t) = reach.last_time {
+                    recoverable = recoverable.max(Some(t));
+                }
+                wal_info = serde_json::json!({"files": archived.len(), "last_segment": reach.last_segment, "last_archived": reach.last_time, "gap": reach.gap});
+            } else {
+                wal_info = serde_json::json!({"files": archived.len(), "note": "no physical base backup yet: WAL alone cannot be restored"});
+            }
+        }
+        rows.push(serde_json::json!({
+            "job": job.name,
+            "kind": job.kind.as_str(),
+            "newest_snapshot": newest.map(|m| m.id.clone()),
+            "newest_snapshot_time": newest.map(|m| m.started),
+            "newest_recoverable_point": recoverable,
+            "achieved_rpo_secs": recoverable.map(|t| (now - t).num_seconds()),
+            "rpo_target": job.rpo,
+            "wal": wal_info,
+        }));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        println!("{:<20} {:<10} {:<10} {:<22} {:>12}  rpo target", "job", "kind", "snapshot", "newest recoverable", "age");
+        for r in &rows {
+            let age = r["achieved_rpo_secs"].as_i64().map(|s| humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64)).to_string());
+            println!(
+                "{:<20} {:<10} {:<10} {:<22} {:>12}  {}",
+                r["job"].as_str().unwrap_or(""),
+                r["kind"].as_str().unwrap_or(""),
+                r["newest_snapshot"].as_str().map(|s| &s[..8]).unwrap_or("none"),
+                r["newest_recoverable_point"].as_str().map(|s| s.chars().take(19).collect::<String>()).unwrap_or_else(|| "never".into()),
+                age.unwrap_or_else(|| "-".into()),
+                r["rpo_target"].as_str().unwrap_or("-")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -80,6 +80,41 @@ pub struct JobSpec {
     pub retention: Option<toml::Table>,
     #[serde(default)]
     pub tags: Vec<String>,
+
+    // --- postgres ---
+    /// `"all"` or a list of database names (logical mode).
+    #[serde(default)]
+    pub databases: Option<crate::source::postgres::Databases>,
+    #[serde(default)]
+    pub exclude_tables: Vec<String>,
+    #[serde(default)]
+    pub pg_dump_options: Vec<String>,
+    /// `exact` (default), `estimated` or `off`.
+    #[serde(default)]
+    pub row_counts: Option<crate::source::postgres::RowCounts>,
+    #[serde(default)]
+    pub pg_bin: Option<PathBuf>,
+    /// Continuous WAL archiving (`archive_command = 'lifeboat wal push …'`) is set up for this job.
+    #[serde(default)]
+    pub wal_archiving: bool,
+}
+
+impl JobSpec {
+    pub fn pg_options(&self) -> crate::source::postgres::PgOptions {
+        crate::source::postgres::PgOptions {
+            databases: self.databases.clone(),
+            exclude_tables: self.exclude_tables.clone(),
+            pg_dump_options: self.pg_dump_options.clone(),
+            row_counts: self.row_counts,
+            pg_bin: self.pg_bin.clone(),
+        }
+    }
+
+    /// The connection string, resolved from `env:` / `file:`.
+    pub fn connection(&self) -> Result<String> {
+        let r = self.url.as_deref().ok_or_else(|| Error::Policy(format!("job {:?} has no url = \"env:NAME\"", self.name)))?;
+        resolve_secret(r)
+    }
 }
 
 /// `path:line:column` for a byte offset in `text`.
@@ -132,6 +167,19 @@ impl Policy {
         for j in &self.jobs {
             if !seen.insert(&j.name) {
                 return Err(err(&j.name, format!("job {:?} is defined twice", j.name)));
+            }
+            if matches!(j.kind, JobKind::Postgres | JobKind::Redis) && j.url.is_none() {
+                return Err(err(&j.name, format!("job {:?} needs url = \"env:NAME\" (or file:PATH) for its connection", j.name)));
+            }
+            if let Some(m) = &j.mode {
+                let ok = match j.kind {
+                    JobKind::Postgres => ["logical", "physical"].contains(&m.as_str()),
+                    JobKind::Redis => ["rdb", "logical"].contains(&m.as_str()),
+                    _ => false,
+                };
+                if !ok {
+                    return Err(err(m, format!("job {:?}: mode {m:?} is not valid for kind {:?}", j.name, j.kind.as_str())));
+                }
             }
             if j.kind == JobKind::Command && j.command.is_none() {
                 return Err(err(&j.name, format!("job {:?} has kind = \"command\" but no command = \"…\"", j.name)));

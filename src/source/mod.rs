@@ -1,7 +1,11 @@
 //! Sources produce the byte streams a snapshot stores.
 //!
-//! This module has the simplest kinds: standard input and an arbitrary
-//! command whose stdout is the stream (e.g. `tar -C /data -c .`).
+//! This module has the simplest kinds — standard input and an arbitrary
+//! command whose stdout is the stream (e.g. `tar -C /data -c .`) — and the
+//! process plumbing the database sources share.
+
+pub mod postgres;
+pub mod wal;
 
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
@@ -12,21 +16,68 @@ use crate::pipeline::BackupSession;
 /// Run `sh -c CMD`, back up its stdout as one stream, and fail (without a
 /// visible snapshot — the caller does not commit) if it exits non-zero.
 pub async fn backup_command(session: &mut BackupSession, job: &str, command: &str) -> Result<serde_json::Value> {
-    let mut child = spawn(command, Stdio::null(), Stdio::piped()).map_err(|e| Error::Source {
-        source_name: job.to_string(),
-        detail: format!("cannot start the command: {e}"),
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(command);
+    let (size, _stderr) = stream_process(session, "stdout", cmd, job).await?;
+    Ok(serde_json::json!({ "command_exit": 0, "bytes": size }))
+}
+
+/// Spawn `cmd`, back up its stdout as stream `stream`, capture its stderr,
+/// and fail if it exits non-zero (the error quotes the end of its stderr).
+/// Returns the stream size and the captured stderr.
+pub async fn stream_process(
+    session: &mut BackupSession,
+    stream: &str,
+    mut cmd: Command,
+    source_name: &str,
+) -> Result<(u64, String)> {
+    cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let program = cmd.get_program().to_string_lossy().to_string();
+    let mut child = cmd.spawn().map_err(|e| Error::Source {
+        source_name: source_name.to_string(),
+        detail: format!("cannot start {program}: {e}"),
     })?;
     let stdout = child.stdout.take().ok_or_else(|| Error::Other("no stdout pipe".into()))?;
-    let result = session.add_stream("stdout", stdout).await.map(|s| s.size);
+    let stderr = capture(child.stderr.take());
+    let result = session.add_stream(stream, stdout).await.map(|s| s.size);
     let status = wait(child, result.is_err()).await?;
-    let size = result?;
+    let err_text = stderr.join().unwrap_or_default();
     if !status.success() {
         return Err(Error::Source {
-            source_name: job.to_string(),
-            detail: format!("the command exited with {}", describe(status)),
+            source_name: source_name.to_string(),
+            detail: format!("{program} exited with {}{}", describe(status), tail(&err_text)),
         });
     }
-    Ok(serde_json::json!({ "command_exit": 0, "bytes": size }))
+    Ok((result?, err_text))
+}
+
+/// Collect a child's stderr on a thread (bounded to the last 64 KiB).
+pub fn capture<R: Read + Send + 'static>(r: Option<R>) -> std::thread::JoinHandle<String> {
+    std::thread::spawn(move || {
+        let Some(mut r) = r else { return String::new() };
+        let mut keep: Vec<u8> = Vec::new();
+        let mut buf = [0u8; 8192];
+        while let Ok(n) = r.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            keep.extend_from_slice(&buf[..n]);
+            if keep.len() > 65536 {
+                keep.drain(..keep.len() - 65536);
+            }
+        }
+        String::from_utf8_lossy(&keep).to_string()
+    })
+}
+
+/// The last lines of a tool's stderr, formatted to follow a message.
+pub fn tail(text: &str) -> String {
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let start = lines.len().saturating_sub(6);
+    format!(": {}", lines[start..].join(" | "))
 }
 
 /// Restore into the stdin of `sh -c CMD`; fails if the command fails.
@@ -47,7 +98,7 @@ fn spawn(command: &str, stdin: Stdio, stdout: Stdio) -> std::io::Result<Child> {
     Command::new("sh").arg("-c").arg(command).stdin(stdin).stdout(stdout).stderr(Stdio::inherit()).spawn()
 }
 
-async fn wait(mut child: Child, kill_first: bool) -> Result<std::process::ExitStatus> {
+pub async fn wait(mut child: Child, kill_first: bool) -> Result<std::process::ExitStatus> {
     tokio::task::spawn_blocking(move || {
         if kill_first {
             let _ = child.kill();
@@ -59,7 +110,7 @@ async fn wait(mut child: Child, kill_first: bool) -> Result<std::process::ExitSt
     .map_err(|e| Error::Other(format!("waiting for the command: {e}")))
 }
 
-fn describe(status: std::process::ExitStatus) -> String {
+pub fn describe(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
         (Some(c), _) => format!("status {c}"),
