@@ -14,6 +14,7 @@ use lifeboat::pipeline::{BackupOptions, BackupSession, restore_stream};
 use lifeboat::policy::{JobKind, Policy};
 use lifeboat::repo::{InitOptions, Keys, Manifest, Repository};
 use lifeboat::source::postgres as pg;
+use lifeboat::source::redis as rd;
 use lifeboat::source::wal;
 use lifeboat::storage::RepoUrl;
 
@@ -260,11 +261,12 @@ struct RestoreArgs {
     #[arg(long)]
     stream: Option<String>,
     /// `-` (stdout), a file path (written atomically, never replaced without --force),
-    /// or a database: `postgres://user@host/db` or `env:NAME` holding such a URL (keeps the password
-    /// out of the process list).
+    /// or a database: `postgres://user@host/db`, `redis://[user:pass@]host:port` (a server or a
+    /// cluster node), or `env:NAME` holding such a URL (keeps the password out of the process list).
     #[arg(long, required_unless_present_any = ["to_command", "to_dir"], conflicts_with_all = ["to_command", "to_dir"])]
     to: Option<String>,
     /// PostgreSQL physical snapshot: lay out a data directory here and configure recovery from the WAL archive.
+    /// Redis RDB snapshot: write DIR/dump.rdb for a stopped server (one subdirectory per shard of a cluster).
     #[arg(long, conflicts_with = "to_command")]
     to_dir: Option<PathBuf>,
     /// Point in time to recover to (RFC 3339, e.g. 2026-11-21T03:00:00Z); default: the newest archived WAL.
@@ -297,6 +299,9 @@ struct RestoreArgs {
     /// Replace an existing file.
     #[arg(long)]
     force: bool,
+    /// Redis: restore into a non-empty server or cluster by deleting every key first (FLUSHALL).
+    #[arg(long)]
+    flush: bool,
 }
 
 #[derive(Args)]
@@ -595,8 +600,13 @@ async fn backup(a: BackupArgs, json: bool) -> Result<ExitCode> {
                 };
                 session.commit(meta).await?
             }
+            JobKind::Redis => {
+                let conn = job.connection()?;
+                let mut session = BackupSession::start(&repo, &keys, opts).await?;
+                let meta = rd::backup(&mut session, &job.name, &conn, job.mode.as_deref().unwrap_or("rdb")).await?;
+                session.commit(meta).await?
+            }
             other => return Err(NotYet(match other {
-                JobKind::Redis => "backup (redis jobs)",
                 JobKind::Kubernetes => "backup (kubernetes jobs)",
                 _ => "backup (etcd jobs)",
             })
@@ -687,6 +697,11 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
     let repo = Repository::open(&a.repo.repo).await?;
     let keys = read_keys(&repo, &a.identity, "restoring").await?;
     let manifest = repo.find_snapshot(&keys, &a.snapshot, a.name.as_deref()).await?;
+    if manifest.kind == "redis" {
+        if let Some(code) = restore_redis(&a, &repo, &keys, &manifest, json).await? {
+            return Ok(code);
+        }
+    }
     let wanted = a.stream.clone().or_else(|| a.database.as_ref().map(|d| format!("db/{d}")));
     let is_db_target = a.to_dir.is_some() || a.to.as_deref().is_some_and(|t| t.starts_with("postgres") || t.starts_with("env:"));
     let stream = match &wanted {
@@ -793,6 +808,51 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
         eprintln!("restored {} of snapshot {} ({}) in {:.1}s", human(written), manifest.short_id(), manifest.name, secs);
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A Redis snapshot into a server/cluster (`--to redis://…|env:NAME`) or a
+/// data dir (`--to-dir`); `None` when the target is a plain file or stdout.
+async fn restore_redis(a: &RestoreArgs, repo: &Repository, keys: &Keys, manifest: &Manifest, json: bool) -> Result<Option<ExitCode>> {
+    let to_server = a.to.as_deref().filter(|t| {
+        ["redis://", "rediss://", "unix://", "redis+unix://", "env:"].iter().any(|p| t.starts_with(p))
+    });
+    if to_server.is_none() && a.to_dir.is_none() {
+        return Ok(None);
+    }
+    let index = repo.load_index(keys).await?;
+    let opts = rd::RestoreOptions { flush: a.flush, force: a.force, stream: a.stream.as_deref() };
+    let started = std::time::Instant::now();
+    let r = if let Some(dir) = &a.to_dir {
+        rd::restore(repo, keys, &index, manifest, rd::RestoreTo::Dir(dir), &opts).await?
+    } else {
+        let to = to_server.expect("checked above");
+        if !to.starts_with("env:") && rd::redact(to) != to {
+            eprintln!("warning: a password in --to is visible in the process list; use --to env:NAME");
+        }
+        let url = if to.starts_with("env:") { lifeboat::policy::resolve_secret(to)? } else { to.to_string() };
+        rd::restore(repo, keys, &index, manifest, rd::RestoreTo::Server(&url), &opts).await?
+    };
+    if json {
+        println!("{}", serde_json::json!({"id": manifest.id, "result": r}));
+    } else if let Some(files) = r["files"].as_array() {
+        let files: Vec<&str> = files.iter().filter_map(|f| f.as_str()).collect();
+        eprintln!(
+            "wrote {} of snapshot {} in {:.1}s; {}",
+            files.join(", "),
+            manifest.short_id(),
+            started.elapsed().as_secs_f64(),
+            r["next"].as_str().unwrap_or("")
+        );
+    } else {
+        eprintln!(
+            "restored {} keys of snapshot {} into {} in {:.1}s",
+            r["keys_restored"],
+            manifest.short_id(),
+            r["target"].as_str().unwrap_or("?"),
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(Some(ExitCode::SUCCESS))
 }
 
 fn tempfile_in(dir: &Path) -> Result<PathBuf> {

@@ -5,6 +5,7 @@
 //! process plumbing the database sources share.
 
 pub mod postgres;
+pub mod redis;
 pub mod wal;
 
 use std::io::Read;
