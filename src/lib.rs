@@ -16,7 +16,9 @@ pub mod crypto;
 pub mod error;
 pub mod pipeline;
 pub mod policy;
+pub mod replicate;
 pub mod repo;
+pub mod schedule;
 pub mod source;
 pub mod storage;
 

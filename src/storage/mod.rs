@@ -24,6 +24,8 @@ pub struct ObjectMeta {
     /// Key relative to the repository root, always with `/` separators.
     pub key: String,
     pub size: u64,
+    /// Last modification (creation: objects are immutable), when the backend knows it.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Errors a backend can report. Messages name the object and say what to do.
