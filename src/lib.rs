@@ -17,6 +17,7 @@ pub mod error;
 pub mod pipeline;
 pub mod policy;
 pub mod repo;
+pub mod retention;
 pub mod source;
 pub mod storage;
 
