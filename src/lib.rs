@@ -19,6 +19,7 @@ pub mod policy;
 pub mod replicate;
 pub mod repo;
 pub mod schedule;
+pub mod retention;
 pub mod source;
 pub mod storage;
 
