@@ -152,6 +152,9 @@ pub struct JobSpec {
     pub rto: Option<String>,
     #[serde(default)]
     pub retention: Option<toml::Table>,
+    /// Per-tag retention, e.g. `tag_retention = { manual = { within = "30d" } }`.
+    #[serde(default)]
+    pub tag_retention: Option<toml::Table>,
     #[serde(default)]
     pub tags: Vec<String>,
 

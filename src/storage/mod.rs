@@ -81,6 +81,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn head(&self, key: &str) -> StorageResult<Option<ObjectMeta>>;
     async fn list(&self, prefix: &str) -> StorageResult<Vec<ObjectMeta>>;
     async fn delete(&self, key: &str) -> StorageResult<()>;
+    /// Object Lock / WORM: until when the object cannot be deleted (None: not locked).
+    async fn locked_until(&self, _key: &str) -> StorageResult<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(None)
+    }
 }
 
 /// Open the backend a repository URL points at.

@@ -292,6 +292,17 @@ impl Backend for S3Backend {
         Ok(out)
     }
 
+    async fn locked_until(&self, key: &str) -> StorageResult<Option<chrono::DateTime<chrono::Utc>>> {
+        // HeadObject reports the retention (GetObjectRetention is less widely implemented).
+        match self.client.head_object().bucket(&self.opts.bucket).key(self.full_key(key)).send().await {
+            Ok(r) => Ok(r.object_lock_retain_until_date().and_then(to_chrono).filter(|t| *t > chrono::Utc::now())),
+            Err(e) => match self.map_err(key, e) {
+                StorageError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
+    }
+
     async fn delete(&self, key: &str) -> StorageResult<()> {
         self.client
             .delete_object()
