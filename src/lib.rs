@@ -13,6 +13,7 @@
 pub mod check;
 pub mod chunker;
 pub mod crypto;
+pub mod deploy;
 pub mod error;
 pub mod pipeline;
 pub mod metrics;

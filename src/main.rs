@@ -418,8 +418,26 @@ enum PolicyCmd {
 
 #[derive(Subcommand)]
 enum DeployCmd {
-    /// Render Kubernetes CronJobs for a policy.
-    Render(PolicyArgs),
+    /// Render one Kubernetes CronJob per scheduled job, and their ServiceAccount (YAML on stdout).
+    Render(RenderArgs),
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    /// Container image.
+    #[arg(long, default_value = "ghcr.io/acme/lifeboat:0.1.0")]
+    image: String,
+    #[arg(long, default_value = "lifeboat")]
+    namespace: String,
+    /// Secret with write.key and the jobs' connection URLs.
+    #[arg(long, default_value = "lifeboat-secrets")]
+    secret: String,
+    /// ServiceAccount annotation KEY=VALUE for workload identity (repeatable),
+    /// e.g. eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/lifeboat.
+    #[arg(long = "service-account-annotation")]
+    annotations: Vec<String>,
 }
 
 /// A command whose issue has not landed yet: exit 2, say so.
@@ -538,7 +556,21 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Verify(_) => Err(NotYet("verify").into()),
         Cmd::Drill(_) => Err(NotYet("drill").into()),
         Cmd::Report(_) => Err(NotYet("report").into()),
-        Cmd::Deploy(_) => Err(NotYet("deploy render").into()),
+        Cmd::Deploy(DeployCmd::Render(a)) => {
+            let policy = Policy::load(&a.policy)?;
+            let mut o = lifeboat::deploy::RenderOptions { image: a.image, namespace: a.namespace, secret: a.secret, ..Default::default() };
+            for kv in &a.annotations {
+                let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--service-account-annotation takes KEY=VALUE"))?;
+                o.service_account_annotations.push((k.to_string(), v.to_string()));
+            }
+            let docs = lifeboat::deploy::render(&policy, &o)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&docs)?);
+            } else {
+                print!("{}", lifeboat::deploy::to_yaml(&docs)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
