@@ -78,8 +78,8 @@ enum Cmd {
     Backup(BackupArgs),
     /// Back up one policy job, replicate, apply retention, report metrics (what a CronJob runs).
     Run(RunArgs),
-    /// Run every policy job on its cron schedule.
-    Daemon(PolicyArgs),
+    /// Run every policy job on its cron schedule; serve /metrics and /healthz.
+    Daemon(DaemonArgs),
     /// List snapshots.
     Snapshots(SnapshotsArgs),
     /// Restore a snapshot.
@@ -242,6 +242,19 @@ struct RunArgs {
     /// Tag this run's snapshot; repeatable.
     #[arg(long = "tag")]
     tags: Vec<String>,
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    #[arg(long, env = "LIFEBOAT_WRITE_KEY_FILE")]
+    write_key: Option<PathBuf>,
+    #[command(flatten)]
+    identity: IdentityArg,
+    /// Where the daemon remembers each job's last scheduled run (for catch-up after downtime).
+    #[arg(long, env = "LIFEBOAT_STATE_FILE")]
+    state_file: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -547,7 +560,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Run(a) => run_job(a, json).await,
-        Cmd::Daemon(_) => Err(NotYet("daemon").into()),
+        Cmd::Daemon(a) => daemon(a).await,
         Cmd::Forget(a) => forget_cmd(a, json).await,
         Cmd::Prune(a) => prune_cmd(a, json).await,
         Cmd::Replicate(a) => replicate_cmd(a, json).await,
@@ -703,7 +716,11 @@ async fn backup_job(repo: &Repository, keys: &Keys, job: &lifeboat::policy::JobS
     let mut tags = job.tags.clone();
     tags.extend(extra_tags.iter().cloned());
     let opts = BackupOptions { name: job.name.clone(), kind: job.kind.as_str().into(), tags };
-    let _span = tracing::info_span!("job", job = %job.name).entered();
+    let span = tracing::info_span!("job", job = %job.name);
+    tracing::Instrument::instrument(backup_job_inner(repo, keys, job, opts), span).await
+}
+
+async fn backup_job_inner(repo: &Repository, keys: &Keys, job: &lifeboat::policy::JobSpec, opts: BackupOptions) -> Result<Manifest> {
     Ok(match job.kind {
         JobKind::Command => {
             let mut session = BackupSession::start(repo, keys, opts).await?;
@@ -1242,19 +1259,24 @@ async fn replicate_cmd(a: PolicyArgs, json: bool) -> Result<ExitCode> {
     Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
 }
 
-/// What a CronJob runs: backup, replicate, retention, metrics and alerts.
-async fn run_job(a: RunArgs, json: bool) -> Result<ExitCode> {
-    let policy = Policy::load(&a.policy)?;
-    let job = policy.job(&a.job)?.clone();
-    let repo = Repository::open(&policy.primary()?).await?;
-    let keys = write_keys(&repo, a.write_key.as_deref(), &a.identity).await?;
+type Steps = Vec<(String, std::result::Result<String, String>)>;
+
+/// One run of a job: backup, replication to every replica, retention,
+/// metrics push and alerts. Never fails as a whole: each step reports.
+async fn run_once(
+    policy: &Policy,
+    job: &lifeboat::policy::JobSpec,
+    repo: &Repository,
+    keys: &Keys,
+    extra_tags: &[String],
+) -> (Steps, lifeboat::metrics::JobMetrics) {
     let started = chrono::Utc::now();
     let clock = std::time::Instant::now();
     let mut steps: Vec<(String, std::result::Result<String, String>)> = Vec::new();
     let mut metrics = lifeboat::metrics::JobMetrics { job: job.name.clone(), last_run_timestamp: started.timestamp() as f64, ..Default::default() };
 
     // 1. Backup.
-    let backup = backup_job(&repo, &keys, &job, &a.tags).await;
+    let backup = backup_job(repo, keys, job, extra_tags).await;
     let backup_ok = backup.is_ok();
     match &backup {
         Ok(m) => {
@@ -1278,7 +1300,7 @@ async fn run_job(a: RunArgs, json: bool) -> Result<ExitCode> {
         )
         .await;
     // 2. Replication (even after a failed backup: older snapshots still need copies).
-    for (name, region, r) in replicate_all(&policy, &repo).await {
+    for (name, region, r) in replicate_all(policy, repo).await {
         match r {
             Ok(rep) => {
                 metrics.replication_lag_secs.push((region.clone(), rep.lag_before_secs));
@@ -1288,8 +1310,8 @@ async fn run_job(a: RunArgs, json: bool) -> Result<ExitCode> {
         }
     }
     // 3. Retention.
-    match retention_groups(&job) {
-        Ok(Some(groups)) => match lifeboat::prune::forget(&repo, &keys, &job.name, &groups, chrono::Utc::now(), false).await {
+    match retention_groups(job) {
+        Ok(Some(groups)) => match lifeboat::prune::forget(repo, keys, &job.name, &groups, chrono::Utc::now(), false).await {
             Ok(r) => steps.push(("retention".into(), Ok(format!("{} snapshot(s) removed", r.removed.len())))),
             Err(e) => steps.push(("retention".into(), Err(format!("{e:#}")))),
         },
@@ -1330,6 +1352,16 @@ async fn run_job(a: RunArgs, json: bool) -> Result<ExitCode> {
             }
         }
     }
+    (steps, metrics)
+}
+
+/// What a CronJob runs: backup, replicate, retention, metrics and alerts.
+async fn run_job(a: RunArgs, json: bool) -> Result<ExitCode> {
+    let policy = Policy::load(&a.policy)?;
+    let job = policy.job(&a.job)?.clone();
+    let repo = Repository::open(&policy.primary()?).await?;
+    let keys = write_keys(&repo, a.write_key.as_deref(), &a.identity).await?;
+    let (steps, metrics) = run_once(&policy, &job, &repo, &keys, &a.tags).await;
     let failed_names: Vec<String> = steps.iter().filter(|(_, r)| r.is_err()).map(|(s, _)| s.clone()).collect();
     if json {
         let rows: Vec<serde_json::Value> = steps
@@ -1354,4 +1386,165 @@ async fn run_job(a: RunArgs, json: bool) -> Result<ExitCode> {
         eprintln!("error: run {}: {} failed", job.name, failed_names.join(", "));
         Ok(ExitCode::from(1))
     }
+}
+
+/// The long-running scheduler: every job on its cron schedule, one run of a
+/// job at a time, at most `max_concurrent` runs overall, optional jitter,
+/// catch-up of runs missed while down, /metrics and /healthz, and on SIGTERM
+/// an immediate stop: in-flight runs are abandoned before their manifest is
+/// written, so no partial snapshot ever becomes visible.
+async fn daemon(a: DaemonArgs) -> Result<ExitCode> {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use tokio::sync::Mutex;
+
+    let policy = Arc::new(Policy::load(&a.policy)?);
+    let repo = Repository::open(&policy.primary()?).await?;
+    let keys = write_keys(&repo, a.write_key.as_deref(), &a.identity).await?;
+    let settings = policy.daemon.clone().unwrap_or_default();
+    let max = settings.max_concurrent.unwrap_or(2).max(1);
+    let jitter = match &settings.jitter {
+        Some(j) => lifeboat::schedule::parse_duration(j).map_err(|e| anyhow::anyhow!(e))?.to_std()?,
+        None => std::time::Duration::ZERO,
+    };
+    let catch_up = settings.catch_up.as_deref().unwrap_or("once") == "once";
+    let listen = settings.listen.clone().unwrap_or_else(|| "127.0.0.1:9184".into());
+    let state_path = a.state_file.clone().unwrap_or_else(|| {
+        let base = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))).unwrap_or_else(std::env::temp_dir);
+        base.join("lifeboat/daemon-state.json")
+    });
+    let mut state: HashMap<String, chrono::DateTime<chrono::Utc>> =
+        std::fs::read(&state_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+
+    let mut schedules = Vec::new();
+    for job in &policy.jobs {
+        if let Some(expr) = &job.schedule {
+            let s = lifeboat::schedule::Schedule::parse(expr, job.timezone.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+            schedules.push((job.clone(), s));
+        }
+    }
+    if schedules.is_empty() {
+        bail!("{}: no job has a schedule; nothing for the daemon to do", a.policy.display());
+    }
+
+    let metrics: Arc<Mutex<HashMap<String, lifeboat::metrics::JobMetrics>>> = Arc::default();
+    let failures: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    // /metrics and /healthz.
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("lifeboat daemon: {} scheduled job(s); metrics on http://{listen}/metrics", schedules.len());
+    {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { continue };
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 4096];
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]);
+                    let path = req.split_whitespace().nth(1).unwrap_or("/");
+                    let (status, ctype, body) = match path {
+                        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                        "/metrics" => {
+                            let m: Vec<_> = metrics.lock().await.values().cloned().collect();
+                            ("200 OK", "text/plain; version=0.0.4", lifeboat::metrics::encode(&m))
+                        }
+                        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+                    };
+                    let resp = format!("HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+    }
+
+    let sem = Arc::new(tokio::sync::Semaphore::new(max));
+    let running: Arc<Mutex<HashMap<String, tokio::task::JoinHandle<()>>>> = Arc::default();
+    let now = chrono::Utc::now();
+    let mut next: Vec<chrono::DateTime<chrono::Utc>> = schedules
+        .iter()
+        .map(|(job, s)| {
+            let missed = state.get(&job.name).map(|last| !s.runs_between(*last, now).is_empty()).unwrap_or(false);
+            if missed && catch_up {
+                tracing::info!(job = %job.name, "catching up a run missed while the daemon was down");
+                now
+            } else {
+                s.next_after(now).unwrap_or(now + chrono::Duration::days(3650))
+            }
+        })
+        .collect();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let (i, when) = next.iter().enumerate().min_by_key(|(_, t)| **t).map(|(i, t)| (i, *t)).expect("at least one schedule");
+        let wait = (when - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let (job, sched) = schedules[i].clone();
+        next[i] = sched.next_after(when.max(chrono::Utc::now() - chrono::Duration::milliseconds(1))).unwrap_or(when + chrono::Duration::days(3650));
+        state.insert(job.name.clone(), when);
+        if let Some(dir) = state_path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(&state_path, serde_json::to_vec(&state).unwrap_or_default());
+        {
+            let mut r = running.lock().await;
+            if r.get(&job.name).is_some_and(|h| !h.is_finished()) {
+                tracing::warn!(job = %job.name, "previous run still going; skipping this one (no overlapping runs)");
+                continue;
+            }
+            let (policy, repo, keys, sem, metrics, failures) = (policy.clone(), repo.clone(), keys.clone(), sem.clone(), metrics.clone(), failures.clone());
+            let name = job.name.clone();
+            let job_name = job.name.clone();
+            let handle = tokio::spawn(async move {
+                if !jitter.is_zero() {
+                    let ms = rand_below(jitter.as_millis() as u64);
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                }
+                let Ok(_permit) = sem.acquire_owned().await else { return };
+                tracing::info!(job = %name, "run started");
+                let (steps, mut m) = run_once(&policy, &job, &repo, &keys, &[]).await;
+                let mut f = failures.lock().await;
+                let count = f.entry(name.clone()).or_default();
+                if !m.success {
+                    *count += 1;
+                }
+                m.failures_total = *count;
+                let mut all = metrics.lock().await;
+                if m.last_success_timestamp.is_none() {
+                    m.last_success_timestamp = all.get(&name).and_then(|old| old.last_success_timestamp);
+                }
+                for (step, r) in &steps {
+                    match r {
+                        Ok(d) => tracing::info!(job = %name, step = %step, "{d}"),
+                        Err(e) => tracing::error!(job = %name, step = %step, "{e}"),
+                    }
+                }
+                all.insert(name, m);
+            });
+            r.insert(job_name, handle);
+        }
+    }
+    // Shutdown: abandon in-flight runs; their manifests are never written.
+    let mut aborted = 0;
+    for (_, h) in running.lock().await.drain() {
+        if !h.is_finished() {
+            h.abort();
+            aborted += 1;
+        }
+        let _ = h.await;
+    }
+    eprintln!("lifeboat daemon: stopped ({aborted} run(s) abandoned before commit; no partial snapshot is visible)");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rand_below(n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
+    t % n
 }

@@ -122,7 +122,6 @@ impl BackupSession {
     /// Read `reader` to its end as one named stream of the snapshot.
     pub async fn add_stream<R: Read + Send + 'static>(&mut self, name: &str, reader: R) -> Result<&StreamManifest> {
         let span = tracing::info_span!("stream", name);
-        let _e = span.enter();
         // The blocking part needs the session's packer state; move it in and back out.
         let mut state = PackerState {
             known: self.known.clone(),
@@ -136,6 +135,7 @@ impl BackupSession {
         let level = self.repo.config.compression_level;
         let dedup = self.keys.dedup.clone();
         let joined = tokio::task::spawn_blocking(move || {
+            let _e = span.enter();
             let r = run_stream(reader, params, level, dedup, &mut state);
             (state, r)
         })
