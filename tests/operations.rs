@@ -315,3 +315,45 @@ fn policy_lints_each_problem_with_a_position() {
     assert_eq!(code, 1);
     assert!(out.contains(":1:"), "{out}");
 }
+
+#[test]
+fn prune_never_deletes_what_object_lock_protects() {
+    // A bucket with Object Lock and a default COMPLIANCE retention of one day.
+    let bucket = format!("lb-lock-{}", hex::encode(rand::random::<[u8; 4]>()));
+    let b = bucket.clone();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            use aws_sdk_s3::types::*;
+            let c = s3_client("us-east-1").await;
+            c.create_bucket().bucket(&b).object_lock_enabled_for_bucket(true).send().await.unwrap();
+            c.put_object_lock_configuration()
+                .bucket(&b)
+                .object_lock_configuration(
+                    ObjectLockConfiguration::builder()
+                        .object_lock_enabled(ObjectLockEnabled::Enabled)
+                        .rule(ObjectLockRule::builder().default_retention(DefaultRetention::builder().mode(ObjectLockRetentionMode::Compliance).days(1).build()).build())
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+        });
+    })
+    .join()
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let f = Fixture::with_repo(dir, s3_url(&bucket, "us-east-1", "locked"));
+    let id = f.backup("worm", &mixed_data(5, 4 << 20));
+    let policy = policy_file(f.dir.path(), &format!("[[repository]]\nname = \"p\"\nurl = \"{}\"\n\n[[job]]\nname = \"worm\"\nkind = \"command\"\ncommand = \"true\"\nretention = {{ keep-last = 1 }}\n", f.repo));
+    f.backup("worm", &mixed_data(6, 4 << 20));
+    // Retention wants the older snapshot gone, but it is locked: it stays, and says so.
+    let out: serde_json::Value = serde_json::from_str(&ok(&run(&["--json", "forget", "--policy", &policy, "--write-key", f.wk()]))).unwrap();
+    assert_eq!(out[0]["locked"][0].as_str(), Some(id.as_str()), "{out}");
+    assert_eq!(out[0]["removed"].as_array().unwrap().len(), 0);
+    // Prune: nothing unreferenced may be deleted while locked; no error either.
+    let r: serde_json::Value = serde_json::from_str(&ok(&run(&["--json", "prune", "--repo", &f.repo, "--identity", f.id(), "--grace", "0s"]))).unwrap();
+    assert_eq!(r["packs_deleted"], 0, "{r}");
+    ok(&run(&["check", "--repo", &f.repo, "--identity", f.id(), "--read-data"]));
+    assert!(!f.restore(&id).is_empty());
+}
