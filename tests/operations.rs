@@ -357,3 +357,14 @@ fn prune_never_deletes_what_object_lock_protects() {
     ok(&run(&["check", "--repo", &f.repo, "--identity", f.id(), "--read-data"]));
     assert!(!f.restore(&id).is_empty());
 }
+
+#[test]
+fn shipped_policies_pass_policy_check() {
+    for entry in std::fs::read_dir("policies").unwrap() {
+        let p = entry.unwrap().path();
+        if p.extension().is_some_and(|e| e == "toml") {
+            let out = run(&["policy", "check", p.to_str().unwrap()]);
+            assert!(out.status.success(), "{}: {}{}", p.display(), stdout(&out), stderr(&out));
+        }
+    }
+}
