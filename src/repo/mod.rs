@@ -301,19 +301,11 @@ impl Repository {
     /// Every snapshot summary, oldest first (works with the write credential).
     pub async fn snapshot_metas(&self, keys: &Keys) -> Result<Vec<SnapshotMeta>> {
         let ids = self.snapshot_ids().await?;
-        let mut set = tokio::task::JoinSet::new();
-        let sem = Arc::new(tokio::sync::Semaphore::new(16));
-        for id in ids {
-            let (repo, keys, sem) = (self.clone(), keys.clone(), sem.clone());
-            set.spawn(async move {
-                let _p = sem.acquire_owned().await;
-                repo.load_meta(&keys, &id).await
-            });
-        }
-        let mut out = Vec::new();
-        while let Some(r) = set.join_next().await {
-            out.push(r.map_err(|e| Error::Other(e.to_string()))??);
-        }
+        let mut out = load_concurrently(ids, |id| {
+            let (repo, keys) = (self.clone(), keys.clone());
+            async move { repo.load_meta(&keys, &id).await }
+        })
+        .await?;
         out.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
         Ok(out)
     }
@@ -377,21 +369,11 @@ impl Repository {
     pub async fn manifests(&self, keys: &Keys) -> Result<Vec<Manifest>> {
         keys.identities("listing snapshots")?;
         let ids = self.snapshot_ids().await?;
-        let mut set = tokio::task::JoinSet::new();
-        let sem = Arc::new(tokio::sync::Semaphore::new(16));
-        for id in ids {
-            let repo = self.clone();
-            let keys = keys.clone();
-            let sem = sem.clone();
-            set.spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                repo.load_manifest(&keys, &id).await
-            });
-        }
-        let mut out = Vec::new();
-        while let Some(r) = set.join_next().await {
-            out.push(r.map_err(|e| Error::Other(e.to_string()))??);
-        }
+        let mut out = load_concurrently(ids, |id| {
+            let (repo, keys) = (self.clone(), keys.clone());
+            async move { repo.load_manifest(&keys, &id).await }
+        })
+        .await?;
         out.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
         Ok(out)
     }
@@ -425,6 +407,16 @@ impl Repository {
             }),
         }
     }
+}
+
+/// Run `f` over `items`, 16 at a time (object stores reward parallel GETs).
+pub async fn load_concurrently<I, T, F, Fut>(items: Vec<I>, f: F) -> Result<Vec<T>>
+where
+    F: Fn(I) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(items).map(f).buffer_unordered(16).collect::<Vec<_>>().await.into_iter().collect()
 }
 
 /// A pack's object key from its id.
