@@ -1261,6 +1261,21 @@ async fn replicate_cmd(a: PolicyArgs, json: bool) -> Result<ExitCode> {
 
 type Steps = Vec<(String, std::result::Result<String, String>)>;
 
+/// The newest point a job can be restored to: its newest snapshot, or for
+/// PostgreSQL with WAL archiving the newest archived WAL after a base backup.
+async fn newest_recoverable(repo: &Repository, keys: &Keys, job: &lifeboat::policy::JobSpec) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let metas = repo.snapshot_metas(keys).await?;
+    let mine: Vec<_> = metas.iter().filter(|m| m.name == job.name).collect();
+    let mut point = mine.iter().map(|m| if m.mode.as_deref() == Some("physical") { m.finished } else { m.started }).max();
+    if job.kind == JobKind::Postgres && job.wal_archiving {
+        if let Some(base) = mine.iter().filter(|m| m.mode.as_deref() == Some("physical")).map(|m| m.started).max() {
+            let last = wal::list(repo, &job.name).await?.into_iter().map(|h| h.pushed_at).filter(|t| *t >= base).max();
+            point = point.max(last);
+        }
+    }
+    Ok(point)
+}
+
 /// One run of a job: backup, replication to every replica, retention,
 /// metrics push and alerts. Never fails as a whole: each step reports.
 async fn run_once(
@@ -1333,19 +1348,45 @@ async fn run_once(
                 steps.push(("metrics".into(), Err(e.to_string())));
             }
         }
-        if let (Some(hook), false) = (&alerts.webhook, failed.is_empty()) {
+        let mut alerts_to_send = Vec::new();
+        if !failed.is_empty() {
             let reason = failed.iter().map(|(s, r)| format!("{s}: {}", r.as_ref().err().cloned().unwrap_or_default())).collect::<Vec<_>>().join("; ");
-            let alert = lifeboat::metrics::Alert {
+            alerts_to_send.push(lifeboat::metrics::Alert {
                 text: format!(":rotating_light: lifeboat job *{}* failed: {reason}", job.name),
                 job: job.name.clone(),
                 kind: "failure".into(),
                 reason,
                 time: chrono::Utc::now(),
-            };
+            });
+        }
+        // The newest recoverable point older than the RPO target is an incident too.
+        if let Some(rpo) = job.rpo.as_deref().and_then(|r| lifeboat::schedule::parse_duration(r).ok()) {
+            if let Ok(Some(point)) = newest_recoverable(repo, keys, job).await {
+                let age = chrono::Utc::now() - point;
+                if age > rpo {
+                    let reason = format!(
+                        "newest recoverable point {} is {} old, older than the RPO target {}",
+                        point.format("%Y-%m-%d %H:%M:%S UTC"),
+                        lifeboat::schedule::fmt_duration(age),
+                        job.rpo.as_deref().unwrap_or_default()
+                    );
+                    alerts_to_send.push(lifeboat::metrics::Alert {
+                        text: format!(":warning: lifeboat job *{}*: {reason}", job.name),
+                        job: job.name.clone(),
+                        kind: "rpo".into(),
+                        reason,
+                        time: chrono::Utc::now(),
+                    });
+                }
+            }
+        }
+        if let (Some(hook), false) = (&alerts.webhook, alerts_to_send.is_empty()) {
             match lifeboat::policy::resolve_secret(hook) {
                 Ok(url) => {
-                    if let Err(e) = lifeboat::metrics::send_alert(&url, &alert).await {
-                        steps.push(("alert".into(), Err(e.to_string())));
+                    for alert in &alerts_to_send {
+                        if let Err(e) = lifeboat::metrics::send_alert(&url, alert).await {
+                            steps.push(("alert".into(), Err(e.to_string())));
+                        }
                     }
                 }
                 Err(e) => steps.push(("alert".into(), Err(e.to_string()))),

@@ -368,3 +368,24 @@ fn shipped_policies_pass_policy_check() {
         }
     }
 }
+
+#[test]
+fn run_alerts_when_the_newest_recoverable_point_is_older_than_the_rpo() {
+    let f = Fixture::local();
+    let (sink, rx) = http_sink();
+    let policy = policy_file(
+        f.dir.path(),
+        &format!(
+            "[[repository]]\nname = \"p\"\nurl = \"{}\"\n\n[alerts]\nwebhook = \"env:HOOK\"\n\n[[job]]\nname = \"slow\"\nkind = \"command\"\ncommand = \"sleep 2; echo data\"\nrpo = \"1s\"\n",
+            f.repo
+        ),
+    );
+    // The run itself succeeds, but its snapshot is already older than a 1-second RPO.
+    let out = bin().args(["run", "--policy", &policy, "slow", "--write-key", f.wk()]).env("HOOK", format!("{sink}/hook")).output().unwrap();
+    ok(&out);
+    let (_, _, body) = rx.recv_timeout(Duration::from_secs(5)).expect("no RPO alert");
+    let alert: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(alert["kind"], "rpo", "{alert}");
+    assert_eq!(alert["job"], "slow");
+    assert!(alert["reason"].as_str().unwrap().contains("older than the RPO target 1s"), "{alert}");
+}
