@@ -46,6 +46,8 @@ pub enum Error {
     Source { source_name: String, detail: String },
     #[error("{0}")]
     Policy(String),
+    #[error("repository is locked: {what}")]
+    Locked { what: String },
     #[error("check found {0} problem(s)")]
     CheckFailed(usize),
     #[error("{0}")]

@@ -13,10 +13,16 @@
 pub mod check;
 pub mod chunker;
 pub mod crypto;
+pub mod deploy;
 pub mod error;
 pub mod pipeline;
+pub mod metrics;
 pub mod policy;
+pub mod prune;
+pub mod replicate;
 pub mod repo;
+pub mod schedule;
+pub mod retention;
 pub mod source;
 pub mod storage;
 

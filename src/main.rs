@@ -78,20 +78,20 @@ enum Cmd {
     /// Back up standard input, or one job of a policy.
     Backup(BackupArgs),
     /// Back up one policy job, replicate, apply retention, report metrics (what a CronJob runs).
-    Run(PolicyJobArgs),
-    /// Run every policy job on its cron schedule.
-    Daemon(PolicyArgs),
+    Run(RunArgs),
+    /// Run every policy job on its cron schedule; serve /metrics and /healthz.
+    Daemon(DaemonArgs),
     /// List snapshots.
     Snapshots(SnapshotsArgs),
     /// Restore a snapshot.
     Restore(RestoreArgs),
     /// Check repository integrity (with --read-data: every byte).
     Check(CheckArgs),
-    /// Remove snapshots according to retention rules.
-    Forget(PolicyArgs),
-    /// Delete data no snapshot references.
-    Prune(RepoOnly),
-    /// Copy snapshots to the replica repositories of a policy.
+    /// Remove snapshots according to the policy's retention rules.
+    Forget(ForgetArgs),
+    /// Delete data no snapshot references (takes the prune lock).
+    Prune(PruneArgs),
+    /// Copy what the replica repositories of a policy lack.
     Replicate(PolicyArgs),
     /// Newest snapshot and newest recoverable point per job.
     Status(StatusArgs),
@@ -220,6 +220,8 @@ struct StatusArgs {
     policy: PathBuf,
     #[command(flatten)]
     identity: IdentityArg,
+    #[arg(long, env = "LIFEBOAT_WRITE_KEY_FILE")]
+    write_key: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -230,9 +232,63 @@ struct PolicyJobArgs {
 }
 
 #[derive(Args)]
-struct RepoOnly {
+struct RunArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    job: String,
+    #[arg(long, env = "LIFEBOAT_WRITE_KEY_FILE")]
+    write_key: Option<PathBuf>,
+    #[command(flatten)]
+    identity: IdentityArg,
+    /// Tag this run's snapshot; repeatable.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
+}
+
+#[derive(Args)]
+struct DaemonArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    #[arg(long, env = "LIFEBOAT_WRITE_KEY_FILE")]
+    write_key: Option<PathBuf>,
+    #[command(flatten)]
+    identity: IdentityArg,
+    /// Where the daemon remembers each job's last scheduled run (for catch-up after downtime).
+    #[arg(long, env = "LIFEBOAT_STATE_FILE")]
+    state_file: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct ForgetArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    /// Only these jobs (default: every job with a retention rule).
+    jobs: Vec<String>,
+    /// Show what would go and why the rest stays; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[arg(long, env = "LIFEBOAT_WRITE_KEY_FILE")]
+    write_key: Option<PathBuf>,
+    #[command(flatten)]
+    identity: IdentityArg,
+}
+
+#[derive(Args)]
+struct PruneArgs {
     #[command(flatten)]
     repo: RepoArg,
+    #[command(flatten)]
+    identity: IdentityArg,
+    /// Show what would be deleted; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// Leave unindexed packs younger than this alone (a backup may still be writing them).
+    #[arg(long, default_value = "1h", value_parser = parse_dur)]
+    grace: chrono::Duration,
+}
+
+fn parse_dur(s: &str) -> std::result::Result<chrono::Duration, String> {
+    lifeboat::schedule::parse_duration(s)
 }
 
 #[derive(Args)]
@@ -241,6 +297,9 @@ struct SnapshotsArgs {
     repo: RepoArg,
     #[command(flatten)]
     identity: IdentityArg,
+    /// List with the write credential (summaries only).
+    #[arg(long, env = "LIFEBOAT_WRITE_KEY_FILE")]
+    write_key: Option<PathBuf>,
     /// Only snapshots with this name.
     #[arg(long)]
     name: Option<String>,
@@ -377,8 +436,26 @@ enum PolicyCmd {
 
 #[derive(Subcommand)]
 enum DeployCmd {
-    /// Render Kubernetes CronJobs for a policy.
-    Render(PolicyArgs),
+    /// Render one Kubernetes CronJob per scheduled job, and their ServiceAccount (YAML on stdout).
+    Render(RenderArgs),
+}
+
+#[derive(Args)]
+struct RenderArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    /// Container image.
+    #[arg(long, default_value = "ghcr.io/acme/lifeboat:0.1.0")]
+    image: String,
+    #[arg(long, default_value = "lifeboat")]
+    namespace: String,
+    /// Secret with write.key and the jobs' connection URLs.
+    #[arg(long, default_value = "lifeboat-secrets")]
+    secret: String,
+    /// ServiceAccount annotation KEY=VALUE for workload identity (repeatable),
+    /// e.g. eks.amazonaws.com/role-arn=arn:aws:iam::123456789012:role/lifeboat.
+    #[arg(long = "service-account-annotation")]
+    annotations: Vec<String>,
 }
 
 /// A command whose issue has not landed yet: exit 2, say so.
@@ -469,24 +546,49 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Check(a) => check(a, json).await,
         Cmd::Policy(PolicyCmd::Check { file }) => {
             let p = Policy::load(&file)?;
+            let lints = p.lints();
             if json {
-                println!("{}", serde_json::json!({"ok": true, "repositories": p.repositories.len(), "jobs": p.jobs.len()}));
+                println!("{}", serde_json::json!({"ok": lints.is_empty(), "repositories": p.repositories.len(), "jobs": p.jobs.len(), "problems": lints}));
             } else {
-                println!("{}: OK ({} repositories, {} jobs)", file.display(), p.repositories.len(), p.jobs.len());
+                for l in &lints {
+                    println!("{l}");
+                }
+                if lints.is_empty() {
+                    println!("{}: OK ({} repositories, {} jobs)", file.display(), p.repositories.len(), p.jobs.len());
+                }
             }
-            Ok(ExitCode::SUCCESS)
+            if lints.is_empty() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                eprintln!("error: {}: {} problem(s) that would keep this policy from its promises", file.display(), lints.len());
+                Ok(ExitCode::from(1))
+            }
         }
-        Cmd::Run(_) => Err(NotYet("run").into()),
-        Cmd::Daemon(_) => Err(NotYet("daemon").into()),
-        Cmd::Forget(_) => Err(NotYet("forget").into()),
-        Cmd::Prune(_) => Err(NotYet("prune").into()),
-        Cmd::Replicate(_) => Err(NotYet("replicate").into()),
+        Cmd::Run(a) => run_job(a, json).await,
+        Cmd::Daemon(a) => daemon(a).await,
+        Cmd::Forget(a) => forget_cmd(a, json).await,
+        Cmd::Prune(a) => prune_cmd(a, json).await,
+        Cmd::Replicate(a) => replicate_cmd(a, json).await,
         Cmd::Status(a) => status(a, json).await,
         Cmd::Wal(w) => wal_cmd(w, json).await,
         Cmd::Verify(_) => Err(NotYet("verify").into()),
         Cmd::Drill(_) => Err(NotYet("drill").into()),
         Cmd::Report(_) => Err(NotYet("report").into()),
-        Cmd::Deploy(_) => Err(NotYet("deploy render").into()),
+        Cmd::Deploy(DeployCmd::Render(a)) => {
+            let policy = Policy::load(&a.policy)?;
+            let mut o = lifeboat::deploy::RenderOptions { image: a.image, namespace: a.namespace, secret: a.secret, ..Default::default() };
+            for kv in &a.annotations {
+                let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--service-account-annotation takes KEY=VALUE"))?;
+                o.service_account_annotations.push((k.to_string(), v.to_string()));
+            }
+            let docs = lifeboat::deploy::render(&policy, &o)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&docs)?);
+            } else {
+                print!("{}", lifeboat::deploy::to_yaml(&docs)?);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
@@ -572,46 +674,14 @@ async fn init(a: InitArgs, json: bool) -> Result<ExitCode> {
 async fn backup(a: BackupArgs, json: bool) -> Result<ExitCode> {
     let manifest = if let Some(policy_path) = &a.policy {
         let policy = Policy::load(policy_path)?;
-        let job_name = a.job.as_deref().unwrap_or_default();
-        let job = policy.job(job_name)?.clone();
+        let job = policy.job(a.job.as_deref().unwrap_or_default())?.clone();
         let url = match &a.repo {
             Some(u) => u.clone(),
             None => policy.primary()?,
         };
         let repo = Repository::open(&url).await?;
         let keys = write_keys(&repo, a.write_key.as_deref(), &a.identity).await?;
-        let mut tags = job.tags.clone();
-        tags.extend(a.tags.iter().cloned());
-        let opts = BackupOptions { name: job.name.clone(), kind: job.kind.as_str().into(), tags };
-        let _span = tracing::info_span!("job", job = %job.name).entered();
-        match job.kind {
-            JobKind::Command => {
-                let mut session = BackupSession::start(&repo, &keys, opts).await?;
-                let command = job.command.as_deref().unwrap_or_default();
-                let meta = lifeboat::source::backup_command(&mut session, &job.name, command).await?;
-                session.commit(meta).await?
-            }
-            JobKind::Postgres => {
-                let conn = job.connection()?;
-                let mut session = BackupSession::start(&repo, &keys, opts).await?;
-                let meta = match job.mode.as_deref().unwrap_or("logical") {
-                    "physical" => pg::backup_physical(&mut session, &job.name, &conn, &job.pg_options()).await?,
-                    _ => pg::backup_logical(&mut session, &job.name, &conn, &job.pg_options()).await?,
-                };
-                session.commit(meta).await?
-            }
-            JobKind::Redis => {
-                let conn = job.connection()?;
-                let mut session = BackupSession::start(&repo, &keys, opts).await?;
-                let meta = rd::backup(&mut session, &job.name, &conn, job.mode.as_deref().unwrap_or("rdb")).await?;
-                session.commit(meta).await?
-            }
-            other => return Err(NotYet(match other {
-                JobKind::Kubernetes => "backup (kubernetes jobs)",
-                _ => "backup (etcd jobs)",
-            })
-            .into()),
-        }
+        backup_job(&repo, &keys, &job, &a.tags).await?
     } else if a.stdin {
         let url = a.repo.clone().ok_or_else(|| anyhow::anyhow!("--repo (or LIFEBOAT_REPO) is required"))?;
         let repo = Repository::open(&url).await?;
@@ -646,6 +716,48 @@ async fn backup(a: BackupArgs, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// Back up one policy job into `repo`.
+async fn backup_job(repo: &Repository, keys: &Keys, job: &lifeboat::policy::JobSpec, extra_tags: &[String]) -> Result<Manifest> {
+    let mut tags = job.tags.clone();
+    tags.extend(extra_tags.iter().cloned());
+    let opts = BackupOptions { name: job.name.clone(), kind: job.kind.as_str().into(), tags };
+    let span = tracing::info_span!("job", job = %job.name);
+    tracing::Instrument::instrument(backup_job_inner(repo, keys, job, opts), span).await
+}
+
+async fn backup_job_inner(repo: &Repository, keys: &Keys, job: &lifeboat::policy::JobSpec, opts: BackupOptions) -> Result<Manifest> {
+    Ok(match job.kind {
+        JobKind::Command => {
+            let mut session = BackupSession::start(repo, keys, opts).await?;
+            let command = job.command.as_deref().unwrap_or_default();
+            let meta = lifeboat::source::backup_command(&mut session, &job.name, command).await?;
+            session.commit(meta).await?
+        }
+        JobKind::Postgres => {
+            let conn = job.connection()?;
+            let mut session = BackupSession::start(repo, keys, opts).await?;
+            let meta = match job.mode.as_deref().unwrap_or("logical") {
+                "physical" => pg::backup_physical(&mut session, &job.name, &conn, &job.pg_options()).await?,
+                _ => pg::backup_logical(&mut session, &job.name, &conn, &job.pg_options()).await?,
+            };
+            session.commit(meta).await?
+        }
+        JobKind::Redis => {
+            let conn = job.connection()?;
+            let mut session = BackupSession::start(repo, keys, opts).await?;
+            let meta = rd::backup(&mut session, &job.name, &conn, job.mode.as_deref().unwrap_or("rdb")).await?;
+            session.commit(meta).await?
+        }
+        other => {
+            return Err(NotYet(match other {
+                JobKind::Kubernetes => "backup (kubernetes jobs)",
+                _ => "backup (etcd jobs)",
+            })
+            .into());
+        }
+    })
+}
+
 fn human(n: u64) -> String {
     const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -659,6 +771,20 @@ fn human(n: u64) -> String {
 
 async fn snapshots(a: SnapshotsArgs, json: bool) -> Result<ExitCode> {
     let repo = Repository::open(&a.repo.repo).await?;
+    if a.identity.identity.is_none() && a.write_key.is_some() {
+        // The write credential reads summaries only: names, times, sizes, tags.
+        let keys = write_keys(&repo, a.write_key.as_deref(), &a.identity).await?;
+        let list: Vec<_> = repo.snapshot_metas(&keys).await?.into_iter().filter(|m| a.name.as_ref().is_none_or(|n| &m.name == n)).collect();
+        if json {
+            println!("{}", serde_json::to_string_pretty(&list)?);
+        } else {
+            for m in &list {
+                println!("{:<10} {:<20} {:<24} {:<8} {:>10}  {}", m.short_id(), m.started.format("%Y-%m-%d %H:%M:%S"), m.name, m.kind, human(m.size), m.tags.join(","));
+            }
+            println!("{} snapshot(s)", list.len());
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     let keys = read_keys(&repo, &a.identity, "listing snapshots").await?;
     let list: Vec<Manifest> =
         repo.manifests(&keys).await?.into_iter().filter(|m| a.name.as_ref().is_none_or(|n| &m.name == n)).collect();
@@ -944,62 +1070,582 @@ async fn wal_cmd(w: WalCmd, json: bool) -> Result<ExitCode> {
     }
 }
 
-/// Newest snapshot and newest recoverable point per job of a policy.
+/// Per job: newest snapshot and its age in every region, replication lag,
+/// and the newest recoverable point (the achieved RPO).
 async fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
     let policy = Policy::load(&a.policy)?;
-    let url = policy.primary()?;
-    let repo = Repository::open(&url).await?;
-    let keys = read_keys(&repo, &a.identity, "status").await?;
-    let all = repo.manifests(&keys).await?;
+    let primary = Repository::open(&policy.primary()?).await?;
+    let keys = any_keys(&primary, a.write_key.as_deref(), &a.identity).await?;
     let now = chrono::Utc::now();
+    // Snapshot summaries per repository (a replica may be unreachable: say so).
+    let mut per_repo = Vec::new();
+    for r in &policy.repositories {
+        let metas = match r.repo_url() {
+            Ok(url) => match Repository::open(&url).await {
+                Ok(repo) => repo.snapshot_metas(&keys).await.map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
+            Err(e) => Err(e.to_string()),
+        };
+        per_repo.push((r.name.clone(), r.region(), metas));
+    }
+    let primary_metas = per_repo[0].2.as_ref().map_err(|e| anyhow::anyhow!("primary repository: {e}"))?.clone();
     let mut rows = Vec::new();
     for job in &policy.jobs {
-        let newest = all.iter().filter(|m| m.name == job.name).max_by_key(|m| m.started);
-        // A logical snapshot recovers the state at its start (the exported snapshot).
-        let mut recoverable = newest.map(|m| if m.source["mode"] == "physical" { m.finished } else { m.started });
-        let mut wal_info = serde_json::Value::Null;
-        let physical = all.iter().filter(|m| m.name == job.name && m.source["mode"] == "physical").max_by_key(|m| m.started);
-        if job.kind == JobKind::Postgres && (job.wal_archiving || physical.is_some()) {
-            let archived = wal::list(&repo, &job.name).await?;
-            if let Some(base) = physical {
-                let start = base.source["start_segment"].as_str().unwrap_or_default();
-                let seg = base.source["wal_segment_size"].as_u64().unwrap_or(16 << 20);
-                let reach = wal::reach(&archived, start, seg);
-                if let Some(t) = reach.last_time {
-                    recoverable = recoverable.max(Some(t));
+        let newest_primary = primary_metas.iter().filter(|m| m.name == job.name).max_by_key(|m| m.started);
+        let mut regions = Vec::new();
+        for (name, region, metas) in &per_repo {
+            match metas {
+                Ok(ms) => {
+                    let newest = ms.iter().filter(|m| m.name == job.name).max_by_key(|m| m.started);
+                    let lag = match (newest_primary, newest) {
+                        (Some(p), Some(n)) => Some((p.started - n.started).num_seconds().max(0)),
+                        (Some(p), None) => Some((now - p.started).num_seconds()),
+                        _ => None,
+                    };
+                    regions.push(serde_json::json!({
+                        "repository": name, "region": region,
+                        "newest_snapshot": newest.map(|m| m.id.clone()),
+                        "newest_time": newest.map(|m| m.started),
+                        "age_secs": newest.map(|m| (now - m.started).num_seconds()),
+                        "replication_lag_secs": lag,
+                    }));
                 }
-                wal_info = serde_json::json!({"files": archived.len(), "last_segment": reach.last_segment, "last_archived": reach.last_time, "gap": reach.gap});
-            } else {
-                wal_info = serde_json::json!({"files": archived.len(), "note": "no physical base backup yet: WAL alone cannot be restored"});
+                Err(e) => regions.push(serde_json::json!({"repository": name, "region": region, "error": e})),
             }
         }
+        // Newest recoverable point: the snapshot, or the WAL archived after a base backup.
+        let mut recoverable = newest_primary.map(|m| if m.mode.as_deref() == Some("physical") { m.finished } else { m.started });
+        let mut wal_info = serde_json::Value::Null;
+        if job.kind == JobKind::Postgres && (job.wal_archiving || job.mode.as_deref() == Some("physical")) {
+            let archived = wal::list(&primary, &job.name).await?;
+            let base = primary_metas.iter().filter(|m| m.name == job.name && m.mode.as_deref() == Some("physical")).max_by_key(|m| m.started);
+            match (base, keys.can_read()) {
+                (Some(b), true) => {
+                    let m = primary.load_manifest(&keys, &b.id).await?;
+                    let start = m.source["start_segment"].as_str().unwrap_or_default();
+                    let seg = m.source["wal_segment_size"].as_u64().unwrap_or(16 << 20);
+                    let reach = wal::reach(&archived, start, seg);
+                    if let Some(t) = reach.last_time {
+                        recoverable = recoverable.max(Some(t));
+                    }
+                    wal_info = serde_json::json!({"files": archived.len(), "last_segment": reach.last_segment, "last_archived": reach.last_time, "gap": reach.gap});
+                }
+                (Some(_), false) => {
+                    // Without the identity we cannot read the base backup's start segment: assume no hole.
+                    if let Some(last) = archived.iter().filter(|h| h.pushed_at >= base.map(|b| b.started).unwrap_or(now)).map(|h| h.pushed_at).max() {
+                        recoverable = recoverable.max(Some(last));
+                    }
+                    wal_info = serde_json::json!({"files": archived.len(), "note": "continuity not checked (needs --identity)"});
+                }
+                (None, _) => wal_info = serde_json::json!({"files": archived.len(), "note": "no physical base backup yet: WAL alone cannot be restored"}),
+            }
+        }
+        let rpo_target = job.rpo.as_deref().and_then(|r| lifeboat::schedule::parse_duration(r).ok());
+        let achieved = recoverable.map(|t| (now - t).num_seconds());
         rows.push(serde_json::json!({
             "job": job.name,
             "kind": job.kind.as_str(),
-            "newest_snapshot": newest.map(|m| m.id.clone()),
-            "newest_snapshot_time": newest.map(|m| m.started),
             "newest_recoverable_point": recoverable,
-            "achieved_rpo_secs": recoverable.map(|t| (now - t).num_seconds()),
+            "achieved_rpo_secs": achieved,
             "rpo_target": job.rpo,
+            "rpo_met": match (achieved, rpo_target) { (Some(a), Some(t)) => Some(a <= t.num_seconds()), _ => None },
+            "regions": regions,
             "wal": wal_info,
         }));
     }
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        println!("{:<20} {:<10} {:<10} {:<22} {:>12}  rpo target", "job", "kind", "snapshot", "newest recoverable", "age");
+        let fmt = |s: Option<i64>| s.map(|s| lifeboat::schedule::fmt_duration(chrono::Duration::seconds(s))).unwrap_or_else(|| "-".into());
+        println!("{:<22} {:<12} {:<10} {:<20} {:>14} {:>12}", "job / region", "", "snapshot", "newest (UTC)", "age", "lag");
         for r in &rows {
-            let age = r["achieved_rpo_secs"].as_i64().map(|s| humantime::format_duration(std::time::Duration::from_secs(s.max(0) as u64)).to_string());
             println!(
-                "{:<20} {:<10} {:<10} {:<22} {:>12}  {}",
+                "{:<22} recoverable: {} (rpo {} vs target {}{})",
                 r["job"].as_str().unwrap_or(""),
-                r["kind"].as_str().unwrap_or(""),
-                r["newest_snapshot"].as_str().map(|s| &s[..8]).unwrap_or("none"),
                 r["newest_recoverable_point"].as_str().map(|s| s.chars().take(19).collect::<String>()).unwrap_or_else(|| "never".into()),
-                age.unwrap_or_else(|| "-".into()),
-                r["rpo_target"].as_str().unwrap_or("-")
+                fmt(r["achieved_rpo_secs"].as_i64()),
+                r["rpo_target"].as_str().unwrap_or("-"),
+                match r["rpo_met"].as_bool() { Some(true) => ", met", Some(false) => ", MISSED", None => "" }
             );
+            for g in r["regions"].as_array().into_iter().flatten() {
+                if let Some(e) = g["error"].as_str() {
+                    println!("  {:<20} {:<12} ERROR: {e}", g["repository"].as_str().unwrap_or(""), g["region"].as_str().unwrap_or(""));
+                    continue;
+                }
+                println!(
+                    "  {:<20} {:<12} {:<10} {:<20} {:>14} {:>12}",
+                    g["repository"].as_str().unwrap_or(""),
+                    g["region"].as_str().unwrap_or(""),
+                    g["newest_snapshot"].as_str().map(|s| &s[..8]).unwrap_or("none"),
+                    g["newest_time"].as_str().map(|s| s.chars().take(19).collect::<String>()).unwrap_or_else(|| "-".into()),
+                    fmt(g["age_secs"].as_i64()),
+                    fmt(g["replication_lag_secs"].as_i64())
+                );
+            }
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Keys from the write credential or the identity, whichever is given.
+async fn any_keys(repo: &Repository, write_key: Option<&Path>, identity: &IdentityArg) -> Result<Keys> {
+    if identity.identity.is_some() {
+        return read_keys(repo, identity, "this command").await;
+    }
+    write_keys(repo, write_key, identity).await
+}
+
+fn retention_groups(job: &lifeboat::policy::JobSpec) -> Result<Option<Vec<(Option<String>, lifeboat::retention::RetentionRules)>>> {
+    let mut groups = Vec::new();
+    if let Some(tags) = &job.tag_retention {
+        for (tag, v) in tags {
+            let t = v.as_table().ok_or_else(|| anyhow::anyhow!("job {}: tag_retention.{tag} must be a table", job.name))?;
+            groups.push((Some(tag.clone()), lifeboat::retention::RetentionRules::from_table(t)?));
+        }
+    }
+    if let Some(r) = &job.retention {
+        groups.push((None, lifeboat::retention::RetentionRules::from_table(r)?));
+    }
+    Ok(if groups.is_empty() { None } else { Some(groups) })
+}
+
+async fn forget_cmd(a: ForgetArgs, json: bool) -> Result<ExitCode> {
+    let policy = Policy::load(&a.policy)?;
+    let repo = Repository::open(&policy.primary()?).await?;
+    let keys = any_keys(&repo, a.write_key.as_deref(), &a.identity).await?;
+    let now = chrono::Utc::now();
+    let mut reports = Vec::new();
+    for job in &policy.jobs {
+        if !a.jobs.is_empty() && !a.jobs.contains(&job.name) {
+            continue;
+        }
+        let Some(groups) = retention_groups(job)? else { continue };
+        reports.push(lifeboat::prune::forget(&repo, &keys, &job.name, &groups, now, a.dry_run).await?);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&reports)?);
+    } else {
+        for r in &reports {
+            println!("job {}:", r.job);
+            for d in &r.decisions {
+                let verdict = if d.keep { "keep  " } else if a.dry_run { "would remove" } else { "remove" };
+                println!("  {} {}  {}  {}", verdict, &d.id[..8.min(d.id.len())], d.time.format("%Y-%m-%d %H:%M"), d.reasons.join(", "));
+            }
+            if !r.locked.is_empty() {
+                println!("  {} snapshot(s) are still under Object Lock and stay until it expires", r.locked.len());
+            }
+        }
+        if a.dry_run {
+            println!("dry run: nothing was removed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn prune_cmd(a: PruneArgs, json: bool) -> Result<ExitCode> {
+    let repo = Repository::open(&a.repo.repo).await?;
+    let keys = read_keys(&repo, &a.identity, "prune").await?;
+    let r = lifeboat::prune::prune(&repo, &keys, a.grace, a.dry_run).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&r)?);
+    } else {
+        println!(
+            "{}{} of {} pack(s) deleted ({}), {} unindexed leftover(s) removed, {} index file(s) rewritten; {} pack(s) partly used ({} reclaimable by repacking); {} pack(s) under Object Lock kept",
+            if a.dry_run { "dry run: " } else { "" },
+            r.packs_deleted,
+            r.packs_total,
+            human(r.bytes_deleted),
+            r.unindexed_packs_deleted,
+            r.index_files_rewritten,
+            r.packs_partly_used,
+            human(r.bytes_reclaimable_by_repack),
+            r.packs_locked
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn replicate_all(policy: &Policy, repo: &Repository) -> Vec<(String, String, Result<lifeboat::replicate::ReplicationReport>)> {
+    let mut out = Vec::new();
+    for r in policy.repositories.iter().skip(1) {
+        let res = match r.repo_url() {
+            Ok(url) => lifeboat::replicate::replicate(repo, &url, &r.name).await.map_err(anyhow::Error::from),
+            Err(e) => Err(e.into()),
+        };
+        if let Ok(rep) = &res {
+            let _ = repo
+                .write_record("replication", &serde_json::json!({"time": chrono::Utc::now(), "replica": r.name, "region": r.region(), "report": rep}))
+                .await;
+        }
+        out.push((r.name.clone(), r.region(), res));
+    }
+    out
+}
+
+async fn replicate_cmd(a: PolicyArgs, json: bool) -> Result<ExitCode> {
+    let policy = Policy::load(&a.policy)?;
+    let repo = Repository::open(&policy.primary()?).await?;
+    if policy.repositories.len() < 2 {
+        bail!("{}: only one [[repository]]; add a replica in another region to replicate to", a.policy.display());
+    }
+    let results = replicate_all(&policy, &repo).await;
+    let mut failed = 0;
+    let mut rows = Vec::new();
+    for (name, region, r) in results {
+        match r {
+            Ok(rep) => {
+                if !json {
+                    println!(
+                        "{name} ({region}): {} object(s) copied ({}), {} snapshot(s), lag before {:.0}s",
+                        rep.objects_copied,
+                        human(rep.bytes_copied),
+                        rep.snapshots_copied,
+                        rep.lag_before_secs
+                    );
+                }
+                rows.push(serde_json::json!({"replica": name, "region": region, "ok": true, "report": rep}));
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("error: replication to {name} ({region}) failed: {e:#}");
+                rows.push(serde_json::json!({"replica": name, "region": region, "ok": false, "error": format!("{e:#}")}));
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    }
+    Ok(if failed > 0 { ExitCode::from(1) } else { ExitCode::SUCCESS })
+}
+
+type Steps = Vec<(String, std::result::Result<String, String>)>;
+
+/// The newest point a job can be restored to: its newest snapshot, or for
+/// PostgreSQL with WAL archiving the newest archived WAL after a base backup.
+async fn newest_recoverable(repo: &Repository, keys: &Keys, job: &lifeboat::policy::JobSpec) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+    let metas = repo.snapshot_metas(keys).await?;
+    let mine: Vec<_> = metas.iter().filter(|m| m.name == job.name).collect();
+    let mut point = mine.iter().map(|m| if m.mode.as_deref() == Some("physical") { m.finished } else { m.started }).max();
+    if job.kind == JobKind::Postgres && job.wal_archiving {
+        if let Some(base) = mine.iter().filter(|m| m.mode.as_deref() == Some("physical")).map(|m| m.started).max() {
+            let last = wal::list(repo, &job.name).await?.into_iter().map(|h| h.pushed_at).filter(|t| *t >= base).max();
+            point = point.max(last);
+        }
+    }
+    Ok(point)
+}
+
+/// One run of a job: backup, replication to every replica, retention,
+/// metrics push and alerts. Never fails as a whole: each step reports.
+async fn run_once(
+    policy: &Policy,
+    job: &lifeboat::policy::JobSpec,
+    repo: &Repository,
+    keys: &Keys,
+    extra_tags: &[String],
+) -> (Steps, lifeboat::metrics::JobMetrics) {
+    let started = chrono::Utc::now();
+    let clock = std::time::Instant::now();
+    let mut steps: Vec<(String, std::result::Result<String, String>)> = Vec::new();
+    let mut metrics = lifeboat::metrics::JobMetrics { job: job.name.clone(), last_run_timestamp: started.timestamp() as f64, ..Default::default() };
+
+    // 1. Backup.
+    let backup = backup_job(repo, keys, job, extra_tags).await;
+    let backup_ok = backup.is_ok();
+    match &backup {
+        Ok(m) => {
+            metrics.bytes_read = m.stats.bytes_read;
+            metrics.bytes_stored_new = m.stats.bytes_new_stored;
+            metrics.bytes_new_raw = m.stats.bytes_new_raw;
+            steps.push(("backup".into(), Ok(format!("snapshot {} ({} read, {} stored)", m.short_id(), human(m.stats.bytes_read), human(m.stats.bytes_new_stored)))));
+        }
+        Err(e) => steps.push(("backup".into(), Err(format!("{e:#}")))),
+    }
+    let _ = repo
+        .write_record(
+            "backup",
+            &serde_json::json!({
+                "job": job.name, "time": started, "ok": backup_ok,
+                "snapshot": backup.as_ref().ok().map(|m| m.id.clone()),
+                "snapshot_time": backup.as_ref().ok().map(|m| m.started),
+                "stats": backup.as_ref().ok().map(|m| m.stats.clone()),
+                "error": backup.as_ref().err().map(|e| format!("{e:#}")),
+            }),
+        )
+        .await;
+    // 2. Replication (even after a failed backup: older snapshots still need copies).
+    for (name, region, r) in replicate_all(policy, repo).await {
+        match r {
+            Ok(rep) => {
+                metrics.replication_lag_secs.push((region.clone(), rep.lag_before_secs));
+                steps.push((format!("replicate {name}"), Ok(format!("{} object(s) copied", rep.objects_copied))));
+            }
+            Err(e) => steps.push((format!("replicate {name}"), Err(format!("{e:#}")))),
+        }
+    }
+    // 3. Retention.
+    match retention_groups(job) {
+        Ok(Some(groups)) => match lifeboat::prune::forget(repo, keys, &job.name, &groups, chrono::Utc::now(), false).await {
+            Ok(r) => steps.push(("retention".into(), Ok(format!("{} snapshot(s) removed", r.removed.len())))),
+            Err(e) => steps.push(("retention".into(), Err(format!("{e:#}")))),
+        },
+        Ok(None) => {}
+        Err(e) => steps.push(("retention".into(), Err(format!("{e:#}")))),
+    }
+    // 4. Metrics and alerts.
+    let failed: Vec<(String, std::result::Result<String, String>)> = steps.iter().filter(|(_, r)| r.is_err()).cloned().collect();
+    metrics.success = failed.is_empty();
+    metrics.failures_total = u64::from(!failed.is_empty());
+    metrics.duration_secs = clock.elapsed().as_secs_f64();
+    if metrics.success {
+        metrics.last_success_timestamp = Some(chrono::Utc::now().timestamp() as f64);
+    }
+    if let Some(alerts) = &policy.alerts {
+        if let Some(gw) = &alerts.pushgateway {
+            let text = lifeboat::metrics::encode(std::slice::from_ref(&metrics));
+            if let Err(e) = lifeboat::metrics::push(gw, &job.name, &text).await {
+                steps.push(("metrics".into(), Err(e.to_string())));
+            }
+        }
+        let mut alerts_to_send = Vec::new();
+        if !failed.is_empty() {
+            let reason = failed.iter().map(|(s, r)| format!("{s}: {}", r.as_ref().err().cloned().unwrap_or_default())).collect::<Vec<_>>().join("; ");
+            alerts_to_send.push(lifeboat::metrics::Alert {
+                text: format!(":rotating_light: lifeboat job *{}* failed: {reason}", job.name),
+                job: job.name.clone(),
+                kind: "failure".into(),
+                reason,
+                time: chrono::Utc::now(),
+            });
+        }
+        // The newest recoverable point older than the RPO target is an incident too.
+        if let Some(rpo) = job.rpo.as_deref().and_then(|r| lifeboat::schedule::parse_duration(r).ok()) {
+            if let Ok(Some(point)) = newest_recoverable(repo, keys, job).await {
+                let age = chrono::Utc::now() - point;
+                if age > rpo {
+                    let reason = format!(
+                        "newest recoverable point {} is {} old, older than the RPO target {}",
+                        point.format("%Y-%m-%d %H:%M:%S UTC"),
+                        lifeboat::schedule::fmt_duration(age),
+                        job.rpo.as_deref().unwrap_or_default()
+                    );
+                    alerts_to_send.push(lifeboat::metrics::Alert {
+                        text: format!(":warning: lifeboat job *{}*: {reason}", job.name),
+                        job: job.name.clone(),
+                        kind: "rpo".into(),
+                        reason,
+                        time: chrono::Utc::now(),
+                    });
+                }
+            }
+        }
+        if let (Some(hook), false) = (&alerts.webhook, alerts_to_send.is_empty()) {
+            match lifeboat::policy::resolve_secret(hook) {
+                Ok(url) => {
+                    for alert in &alerts_to_send {
+                        if let Err(e) = lifeboat::metrics::send_alert(&url, alert).await {
+                            steps.push(("alert".into(), Err(e.to_string())));
+                        }
+                    }
+                }
+                Err(e) => steps.push(("alert".into(), Err(e.to_string()))),
+            }
+        }
+    }
+    (steps, metrics)
+}
+
+/// What a CronJob runs: backup, replicate, retention, metrics and alerts.
+async fn run_job(a: RunArgs, json: bool) -> Result<ExitCode> {
+    let policy = Policy::load(&a.policy)?;
+    let job = policy.job(&a.job)?.clone();
+    let repo = Repository::open(&policy.primary()?).await?;
+    let keys = write_keys(&repo, a.write_key.as_deref(), &a.identity).await?;
+    let (steps, metrics) = run_once(&policy, &job, &repo, &keys, &a.tags).await;
+    let failed_names: Vec<String> = steps.iter().filter(|(_, r)| r.is_err()).map(|(s, _)| s.clone()).collect();
+    if json {
+        let rows: Vec<serde_json::Value> = steps
+            .iter()
+            .map(|(s, r)| match r {
+                Ok(m) => serde_json::json!({"step": s, "ok": true, "detail": m}),
+                Err(e) => serde_json::json!({"step": s, "ok": false, "error": e}),
+            })
+            .collect();
+        println!("{}", serde_json::json!({"job": job.name, "ok": failed_names.is_empty(), "steps": rows, "metrics": metrics}));
+    } else {
+        for (s, r) in &steps {
+            match r {
+                Ok(m) => eprintln!("  {s:<24} ok      {m}"),
+                Err(e) => eprintln!("  {s:<24} FAILED  {e}"),
+            }
+        }
+    }
+    if failed_names.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("error: run {}: {} failed", job.name, failed_names.join(", "));
+        Ok(ExitCode::from(1))
+    }
+}
+
+/// The long-running scheduler: every job on its cron schedule, one run of a
+/// job at a time, at most `max_concurrent` runs overall, optional jitter,
+/// catch-up of runs missed while down, /metrics and /healthz, and on SIGTERM
+/// an immediate stop: in-flight runs are abandoned before their manifest is
+/// written, so no partial snapshot ever becomes visible.
+async fn daemon(a: DaemonArgs) -> Result<ExitCode> {
+    use std::collections::HashMap;
+    use std::sync::Arc;
+    use tokio::sync::Mutex;
+
+    let policy = Arc::new(Policy::load(&a.policy)?);
+    let repo = Repository::open(&policy.primary()?).await?;
+    let keys = write_keys(&repo, a.write_key.as_deref(), &a.identity).await?;
+    let settings = policy.daemon.clone().unwrap_or_default();
+    let max = settings.max_concurrent.unwrap_or(2).max(1);
+    let jitter = match &settings.jitter {
+        Some(j) => lifeboat::schedule::parse_duration(j).map_err(|e| anyhow::anyhow!(e))?.to_std()?,
+        None => std::time::Duration::ZERO,
+    };
+    let catch_up = settings.catch_up.as_deref().unwrap_or("once") == "once";
+    let listen = settings.listen.clone().unwrap_or_else(|| "127.0.0.1:9184".into());
+    let state_path = a.state_file.clone().unwrap_or_else(|| {
+        let base = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))).unwrap_or_else(std::env::temp_dir);
+        base.join("lifeboat/daemon-state.json")
+    });
+    let mut state: HashMap<String, chrono::DateTime<chrono::Utc>> =
+        std::fs::read(&state_path).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+
+    let mut schedules = Vec::new();
+    for job in &policy.jobs {
+        if let Some(expr) = &job.schedule {
+            let s = lifeboat::schedule::Schedule::parse(expr, job.timezone.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+            schedules.push((job.clone(), s));
+        }
+    }
+    if schedules.is_empty() {
+        bail!("{}: no job has a schedule; nothing for the daemon to do", a.policy.display());
+    }
+
+    let metrics: Arc<Mutex<HashMap<String, lifeboat::metrics::JobMetrics>>> = Arc::default();
+    let failures: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    // /metrics and /healthz.
+    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    eprintln!("lifeboat daemon: {} scheduled job(s); metrics on http://{listen}/metrics", schedules.len());
+    {
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut sock, _)) = listener.accept().await else { continue };
+                let metrics = metrics.clone();
+                tokio::spawn(async move {
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let mut buf = vec![0u8; 4096];
+                    let n = sock.read(&mut buf).await.unwrap_or(0);
+                    let req = String::from_utf8_lossy(&buf[..n]);
+                    let path = req.split_whitespace().nth(1).unwrap_or("/");
+                    let (status, ctype, body) = match path {
+                        "/healthz" => ("200 OK", "text/plain", "ok\n".to_string()),
+                        "/metrics" => {
+                            let m: Vec<_> = metrics.lock().await.values().cloned().collect();
+                            ("200 OK", "text/plain; version=0.0.4", lifeboat::metrics::encode(&m))
+                        }
+                        _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
+                    };
+                    let resp = format!("HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                    let _ = sock.write_all(resp.as_bytes()).await;
+                });
+            }
+        });
+    }
+
+    let sem = Arc::new(tokio::sync::Semaphore::new(max));
+    let running: Arc<Mutex<HashMap<String, tokio::task::JoinHandle<()>>>> = Arc::default();
+    let now = chrono::Utc::now();
+    let mut next: Vec<chrono::DateTime<chrono::Utc>> = schedules
+        .iter()
+        .map(|(job, s)| {
+            let missed = state.get(&job.name).map(|last| !s.runs_between(*last, now).is_empty()).unwrap_or(false);
+            if missed && catch_up {
+                tracing::info!(job = %job.name, "catching up a run missed while the daemon was down");
+                now
+            } else {
+                s.next_after(now).unwrap_or(now + chrono::Duration::days(3650))
+            }
+        })
+        .collect();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        let (i, when) = next.iter().enumerate().min_by_key(|(_, t)| **t).map(|(i, t)| (i, *t)).expect("at least one schedule");
+        let wait = (when - chrono::Utc::now()).to_std().unwrap_or_default();
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+            _ = tokio::time::sleep(wait) => {}
+        }
+        let (job, sched) = schedules[i].clone();
+        next[i] = sched.next_after(when.max(chrono::Utc::now() - chrono::Duration::milliseconds(1))).unwrap_or(when + chrono::Duration::days(3650));
+        state.insert(job.name.clone(), when);
+        if let Some(dir) = state_path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let _ = std::fs::write(&state_path, serde_json::to_vec(&state).unwrap_or_default());
+        {
+            let mut r = running.lock().await;
+            if r.get(&job.name).is_some_and(|h| !h.is_finished()) {
+                tracing::warn!(job = %job.name, "previous run still going; skipping this one (no overlapping runs)");
+                continue;
+            }
+            let (policy, repo, keys, sem, metrics, failures) = (policy.clone(), repo.clone(), keys.clone(), sem.clone(), metrics.clone(), failures.clone());
+            let name = job.name.clone();
+            let job_name = job.name.clone();
+            let handle = tokio::spawn(async move {
+                if !jitter.is_zero() {
+                    let ms = rand_below(jitter.as_millis() as u64);
+                    tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+                }
+                let Ok(_permit) = sem.acquire_owned().await else { return };
+                tracing::info!(job = %name, "run started");
+                let (steps, mut m) = run_once(&policy, &job, &repo, &keys, &[]).await;
+                let mut f = failures.lock().await;
+                let count = f.entry(name.clone()).or_default();
+                if !m.success {
+                    *count += 1;
+                }
+                m.failures_total = *count;
+                let mut all = metrics.lock().await;
+                if m.last_success_timestamp.is_none() {
+                    m.last_success_timestamp = all.get(&name).and_then(|old| old.last_success_timestamp);
+                }
+                for (step, r) in &steps {
+                    match r {
+                        Ok(d) => tracing::info!(job = %name, step = %step, "{d}"),
+                        Err(e) => tracing::error!(job = %name, step = %step, "{e}"),
+                    }
+                }
+                all.insert(name, m);
+            });
+            r.insert(job_name, handle);
+        }
+    }
+    // Shutdown: abandon in-flight runs; their manifests are never written.
+    let mut aborted = 0;
+    for (_, h) in running.lock().await.drain() {
+        if !h.is_finished() {
+            h.abort();
+            aborted += 1;
+        }
+        let _ = h.await;
+    }
+    eprintln!("lifeboat daemon: stopped ({aborted} run(s) abandoned before commit; no partial snapshot is visible)");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rand_below(n: u64) -> u64 {
+    if n == 0 {
+        return 0;
+    }
+    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
+    t % n
 }

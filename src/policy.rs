@@ -17,8 +17,63 @@ pub struct Policy {
     pub repositories: Vec<RepositorySpec>,
     #[serde(default, rename = "job")]
     pub jobs: Vec<JobSpec>,
+    #[serde(default)]
+    pub alerts: Option<AlertsSpec>,
+    #[serde(default, rename = "scenario")]
+    pub scenarios: Vec<ScenarioSpec>,
+    #[serde(default)]
+    pub daemon: Option<DaemonSpec>,
     #[serde(skip)]
     pub path: PathBuf,
+    #[serde(skip)]
+    pub text: String,
+}
+
+/// Where failures and stale recovery points are reported.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsSpec {
+    /// Slack-compatible incoming webhook: `env:NAME` or `file:PATH` (the URL is a secret).
+    #[serde(default)]
+    pub webhook: Option<String>,
+    /// Prometheus Pushgateway base URL (CronJob mode), e.g. http://pushgateway:9091.
+    #[serde(default)]
+    pub pushgateway: Option<String>,
+}
+
+/// A DR drill scenario (`lifeboat drill --scenario NAME`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScenarioSpec {
+    pub name: String,
+    /// `region-loss` or `database-loss`.
+    pub kind: String,
+    /// Jobs the drill restores (default: all).
+    #[serde(default)]
+    pub jobs: Option<Vec<String>>,
+    /// For region-loss: the replica repository to restore from (default: the first replica).
+    #[serde(default)]
+    pub replica: Option<String>,
+    #[serde(default)]
+    pub runbook: Option<String>,
+}
+
+/// `lifeboat daemon` settings.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSpec {
+    /// Jobs running at once (default 2).
+    #[serde(default)]
+    pub max_concurrent: Option<usize>,
+    /// Random delay before each run, e.g. "30s" (default 0).
+    #[serde(default)]
+    pub jitter: Option<String>,
+    /// Runs missed while the daemon was down: "once" (run one now, default) or "skip".
+    #[serde(default)]
+    pub catch_up: Option<String>,
+    /// Address of /metrics and /healthz (default 127.0.0.1:9184).
+    #[serde(default)]
+    pub listen: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -28,6 +83,22 @@ pub struct RepositorySpec {
     pub url: String,
     #[serde(default)]
     pub region: Option<String>,
+}
+
+impl RepositorySpec {
+    /// The region: the `region` field, else the URL's `region=`, else "local" for paths.
+    pub fn region(&self) -> String {
+        if let Some(r) = &self.region {
+            return r.clone();
+        }
+        match self.url.parse::<RepoUrl>() {
+            Ok(RepoUrl::S3(o)) => o.region.unwrap_or_else(|| "us-east-1".into()),
+            _ => "local".into(),
+        }
+    }
+    pub fn repo_url(&self) -> Result<RepoUrl> {
+        self.url.parse::<RepoUrl>().map_err(|e| Error::Policy(e.to_string()))
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -70,6 +141,9 @@ pub struct JobSpec {
     pub mode: Option<String>,
     #[serde(default)]
     pub schedule: Option<String>,
+    /// IANA time zone of the schedule (default UTC).
+    #[serde(default)]
+    pub timezone: Option<String>,
     #[serde(default)]
     pub tier: Option<String>,
     #[serde(default)]
@@ -78,6 +152,9 @@ pub struct JobSpec {
     pub rto: Option<String>,
     #[serde(default)]
     pub retention: Option<toml::Table>,
+    /// Per-tag retention, e.g. `tag_retention = { manual = { within = "30d" } }`.
+    #[serde(default)]
+    pub tag_retention: Option<toml::Table>,
     #[serde(default)]
     pub tags: Vec<String>,
 
@@ -117,6 +194,17 @@ impl JobSpec {
     }
 }
 
+/// Where `"value"` first appears after `"anchor"` (e.g. a key of a named job).
+fn locate_after(path: &Path, text: &str, anchor: &str, value: &str) -> String {
+    let start = text.find(&format!("\"{anchor}\"")).unwrap_or(0);
+    let quoted = format!("\"{value}\"");
+    let found = text[start..].find(&quoted).or_else(|| text[start..].find(value));
+    match found {
+        Some(off) => position(path, text, start + off),
+        None => position(path, text, start),
+    }
+}
+
 /// `path:line:column` for a byte offset in `text`.
 fn position(path: &Path, text: &str, offset: usize) -> String {
     let before = &text[..offset.min(text.len())];
@@ -150,6 +238,7 @@ impl Policy {
             Error::Policy(format!("{at}: {}", e.message().trim()))
         })?;
         p.path = path.to_path_buf();
+        p.text = text.to_string();
         p.validate(text)?;
         Ok(p)
     }
@@ -181,6 +270,12 @@ impl Policy {
                     return Err(err(m, format!("job {:?}: mode {m:?} is not valid for kind {:?}", j.name, j.kind.as_str())));
                 }
             }
+            if let Some(sch) = &j.schedule {
+                crate::schedule::Schedule::parse(sch, j.timezone.as_deref()).map_err(|e| err(sch, format!("job {:?}: {e}", j.name)))?;
+            }
+            for d in [&j.rpo, &j.rto].into_iter().flatten() {
+                crate::schedule::parse_duration(d).map_err(|e| err(d, format!("job {:?}: {e}", j.name)))?;
+            }
             if j.kind == JobKind::Command && j.command.is_none() {
                 return Err(err(&j.name, format!("job {:?} has kind = \"command\" but no command = \"…\"", j.name)));
             }
@@ -201,6 +296,89 @@ impl Policy {
             let names: Vec<&str> = self.jobs.iter().map(|j| j.name.as_str()).collect();
             Error::Policy(format!("{}: no job named {name:?} (jobs: {})", self.path.display(), names.join(", ")))
         })
+    }
+
+    /// Problems that make the policy unable to keep its promises, each
+    /// with `file:line:column`.
+    pub fn lints(&self) -> Vec<String> {
+        use crate::schedule::{Schedule, fmt_duration, parse_duration};
+        let mut out = Vec::new();
+        let at = |anchor: &str, value: &str| locate_after(&self.path, &self.text, anchor, value);
+        let now = chrono::Utc::now();
+        // Regions.
+        let regions: Vec<String> = self.repositories.iter().map(|r| r.region()).collect();
+        if let Some(primary) = self.repositories.first() {
+            let distinct: std::collections::HashSet<&String> = regions.iter().collect();
+            if distinct.len() < 2 {
+                out.push(format!(
+                    "{}: all repositories are in region {:?}: a regional outage loses every copy; add a [[repository]] in another region",
+                    at(&primary.name, &primary.name),
+                    regions[0]
+                ));
+            }
+            for (r, region) in self.repositories.iter().zip(&regions).skip(1) {
+                if *region == regions[0] && distinct.len() >= 2 {
+                    out.push(format!(
+                        "{}: replica {:?} is in the same region ({region}) as the primary {:?}: it does not survive a region loss",
+                        at(&r.name, &r.name),
+                        r.name,
+                        primary.name
+                    ));
+                }
+            }
+        } else {
+            out.push(format!("{}: no [[repository]]: backups have nowhere to go", self.path.display()));
+        }
+        for j in &self.jobs {
+            let sched = j.schedule.as_deref().and_then(|s| Schedule::parse(s, j.timezone.as_deref()).ok());
+            let interval = sched.as_ref().map(|s| s.max_interval(now));
+            // Schedule vs RPO.
+            if let (Some(rpo), Some(iv)) = (j.rpo.as_deref().and_then(|r| parse_duration(r).ok()), interval) {
+                let continuous = j.kind == JobKind::Postgres && j.wal_archiving;
+                if iv > rpo && !continuous {
+                    let hint = if j.kind == JobKind::Postgres {
+                        "enable continuous WAL archiving (a physical job with wal_archiving = true) or run more often"
+                    } else {
+                        "run more often"
+                    };
+                    out.push(format!(
+                        "{}: job {:?}: schedule {:?} runs every {}, which cannot meet rpo = {:?}; {hint}",
+                        at(&j.name, j.schedule.as_deref().unwrap_or_default()),
+                        j.name,
+                        j.schedule.as_deref().unwrap_or_default(),
+                        fmt_duration(iv),
+                        j.rpo.as_deref().unwrap_or_default()
+                    ));
+                }
+            }
+            // Retention shorter than the schedule interval.
+            if let (Some(ret), Some(iv)) = (&j.retention, interval) {
+                if let Some(within) = ret.get("within").and_then(|v| v.as_str()).and_then(|w| parse_duration(w).ok()) {
+                    let others = ret.keys().any(|k| k != "within");
+                    if within < iv && !others {
+                        out.push(format!(
+                            "{}: job {:?}: retention within = {} is shorter than the schedule interval ({}): between runs no snapshot would be kept",
+                            at(&j.name, "within"),
+                            j.name,
+                            fmt_duration(within),
+                            fmt_duration(iv)
+                        ));
+                    }
+                }
+            }
+            // Targets no drill covers.
+            if j.rto.is_some() || j.rpo.is_some() {
+                let covered = self.scenarios.iter().any(|s| s.jobs.as_ref().is_none_or(|js| js.contains(&j.name)));
+                if !covered {
+                    out.push(format!(
+                        "{}: job {:?} has RTO/RPO targets but no [[scenario]] drills it, so they are never measured",
+                        at(&j.name, &j.name),
+                        j.name
+                    ));
+                }
+            }
+        }
+        out
     }
 
     /// The first repository is the primary.

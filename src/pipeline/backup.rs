@@ -57,6 +57,34 @@ pub struct BackupSession {
     pack_tx: Option<mpsc::Sender<SealedPack>>,
     uploader: Option<tokio::task::JoinHandle<Result<Vec<PackRecord>>>>,
     current: PackBuilder,
+    lock: Option<LockKeeper>,
+}
+
+/// Refreshes a lock in the background until told to release it (or until
+/// the session is dropped, which also releases it).
+struct LockKeeper {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+fn keep_fresh(mut lock: repo::lock::Lock) -> LockKeeper {
+    let (stop, mut rx) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = &mut rx => break,
+                _ = tokio::time::sleep(std::time::Duration::from_secs(300)) => {
+                    if let Err(e) = lock.refresh().await {
+                        tracing::warn!("cannot refresh the backup lock: {e}");
+                    }
+                }
+            }
+        }
+        if let Err(e) = lock.release().await {
+            tracing::warn!("cannot release the backup lock: {e}");
+        }
+    });
+    LockKeeper { stop, task }
 }
 
 struct PackBuilder {
@@ -67,6 +95,8 @@ struct PackBuilder {
 
 impl BackupSession {
     pub async fn start(repo: &Repository, keys: &Keys, opts: BackupOptions) -> Result<BackupSession> {
+        // Hold off prune for as long as this backup may reference indexed data.
+        let lock = repo::lock::Lock::acquire_waiting(repo, repo::lock::LockKind::Backup, std::time::Duration::from_secs(600)).await?;
         let known = Arc::new(repo.load_index(keys).await?);
         debug!(chunks = known.blobs.len(), packs = known.packs.len(), "index loaded");
         // One sealed pack may wait while two are being encrypted/uploaded.
@@ -85,13 +115,13 @@ impl BackupSession {
             pack_tx: Some(tx),
             uploader: Some(uploader),
             current: PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 },
+            lock: Some(keep_fresh(lock)),
         })
     }
 
     /// Read `reader` to its end as one named stream of the snapshot.
     pub async fn add_stream<R: Read + Send + 'static>(&mut self, name: &str, reader: R) -> Result<&StreamManifest> {
         let span = tracing::info_span!("stream", name);
-        let _e = span.enter();
         // The blocking part needs the session's packer state; move it in and back out.
         let mut state = PackerState {
             known: self.known.clone(),
@@ -105,6 +135,7 @@ impl BackupSession {
         let level = self.repo.config.compression_level;
         let dedup = self.keys.dedup.clone();
         let joined = tokio::task::spawn_blocking(move || {
+            let _e = span.enter();
             let r = run_stream(reader, params, level, dedup, &mut state);
             (state, r)
         })
@@ -128,6 +159,7 @@ impl BackupSession {
             }
         };
         self.streams.push(StreamManifest { name: name.to_string(), size, chunks });
+
         Ok(self.streams.last().expect("just pushed"))
     }
 
@@ -174,6 +206,10 @@ impl BackupSession {
             stats: self.stats.clone(),
         };
         self.repo.write_manifest(&self.keys, &manifest).await?;
+        if let Some(k) = self.lock.take() {
+            let _ = k.stop.send(());
+            let _ = k.task.await;
+        }
         info!(
             snapshot = manifest.short_id(),
             bytes_read = manifest.stats.bytes_read,

@@ -54,3 +54,44 @@ impl Manifest {
         self.streams.iter().map(|s| s.size).sum()
     }
 }
+
+/// What writers (holding only the write credential) may know about a
+/// snapshot: enough for listing, retention and status, no chunk list and no
+/// source metadata. Stored encrypted to the index key in the snapshot
+/// object's header; the full manifest follows, encrypted to the recipients.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SnapshotMeta {
+    pub id: String,
+    pub name: String,
+    pub kind: String,
+    #[serde(default)]
+    pub tags: Vec<String>,
+    pub hostname: String,
+    pub started: chrono::DateTime<chrono::Utc>,
+    pub finished: chrono::DateTime<chrono::Utc>,
+    pub size: u64,
+    pub stats: BackupStats,
+    /// "logical" / "physical" for PostgreSQL, etc.
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+impl SnapshotMeta {
+    pub fn of(m: &Manifest) -> SnapshotMeta {
+        SnapshotMeta {
+            id: m.id.clone(),
+            name: m.name.clone(),
+            kind: m.kind.clone(),
+            tags: m.tags.clone(),
+            hostname: m.hostname.clone(),
+            started: m.started,
+            finished: m.finished,
+            size: m.total_size(),
+            stats: m.stats.clone(),
+            mode: m.source.get("mode").and_then(|v| v.as_str()).map(str::to_string),
+        }
+    }
+    pub fn short_id(&self) -> &str {
+        &self.id[..8.min(self.id.len())]
+    }
+}

@@ -10,6 +10,7 @@
 //! ```
 
 mod index;
+pub mod lock;
 mod manifest;
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 pub use self::index::{BlobLocation, Index, IndexFile, PackRecord, PackBlob};
-pub use self::manifest::{BackupStats, Manifest, StreamManifest};
+pub use self::manifest::{BackupStats, Manifest, SnapshotMeta, StreamManifest};
 use crate::chunker::ChunkerParams;
 use crate::crypto::{self, DedupKey, Identities, Recipient, WriteCredential};
 use crate::error::{Error, Result};
@@ -26,6 +27,7 @@ use crate::storage::{self, Backend, RepoUrl, StorageError};
 
 pub const FORMAT_NAME: &str = "lifeboat-repository";
 pub const FORMAT_VERSION: u32 = 1;
+const SNAPSHOT_MAGIC: &[u8; 8] = b"LBSNAP01";
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RepoConfig {
@@ -253,11 +255,94 @@ impl Repository {
     }
 
     /// Write a manifest: this is the moment a snapshot becomes visible.
+    ///
+    /// Object layout: `"LBSNAP01" ‖ u32le(len(meta)) ‖ meta ‖ body`, where
+    /// `meta` is the [`SnapshotMeta`] encrypted to the index key (writers can
+    /// read it: listing, retention, status) and `body` the full manifest
+    /// encrypted to the recipients.
     pub async fn write_manifest(&self, keys: &Keys, m: &Manifest) -> Result<()> {
+        let meta = serde_json::to_vec(&SnapshotMeta::of(m)).map_err(|e| Error::Other(e.to_string()))?;
+        let meta_ct = crypto::encrypt(&[keys.index_identity.to_public()], &meta)?;
         let pt = serde_json::to_vec(m).map_err(|e| Error::Other(e.to_string()))?;
-        let ct = crypto::encrypt(&keys.recipients, &pt)?;
-        self.backend.put_new(&format!("snapshots/{}", m.id), Bytes::from(ct)).await?;
+        let body = crypto::encrypt(&keys.recipients, &pt)?;
+        let mut obj = Vec::with_capacity(12 + meta_ct.len() + body.len());
+        obj.extend_from_slice(SNAPSHOT_MAGIC);
+        obj.extend_from_slice(&(meta_ct.len() as u32).to_le_bytes());
+        obj.extend_from_slice(&meta_ct);
+        obj.extend_from_slice(&body);
+        self.backend.put_new(&format!("snapshots/{}", m.id), Bytes::from(obj)).await?;
         Ok(())
+    }
+
+    async fn snapshot_object(&self, id: &str) -> Result<(Bytes, usize)> {
+        let key = format!("snapshots/{id}");
+        let obj = match self.backend.get(&key).await {
+            Err(StorageError::NotFound { .. }) => return Err(Error::SnapshotNotFound { query: id.to_string() }),
+            other => other?,
+        };
+        let bad = || Error::Corrupt { what: format!("snapshot {id}"), detail: "not a lifeboat snapshot object".into() };
+        if obj.len() < 12 || &obj[..8] != SNAPSHOT_MAGIC {
+            return Err(bad());
+        }
+        let len = u32::from_le_bytes(obj[8..12].try_into().map_err(|_| bad())?) as usize;
+        if 12 + len > obj.len() {
+            return Err(bad());
+        }
+        Ok((obj, len))
+    }
+
+    /// The writer-readable summary of a snapshot.
+    pub async fn load_meta(&self, keys: &Keys, id: &str) -> Result<SnapshotMeta> {
+        let (obj, len) = self.snapshot_object(id).await?;
+        let pt = crypto::decrypt_one(&keys.index_identity, &format!("snapshot {id}"), &obj[12..12 + len])?;
+        serde_json::from_slice(&pt).map_err(|e| Error::Corrupt { what: format!("snapshot {id}"), detail: e.to_string() })
+    }
+
+    /// Every snapshot summary, oldest first (works with the write credential).
+    pub async fn snapshot_metas(&self, keys: &Keys) -> Result<Vec<SnapshotMeta>> {
+        let ids = self.snapshot_ids().await?;
+        let mut out = load_concurrently(ids, |id| {
+            let (repo, keys) = (self.clone(), keys.clone());
+            async move { repo.load_meta(&keys, &id).await }
+        })
+        .await?;
+        out.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
+        Ok(out)
+    }
+
+    /// Remove a snapshot (its data stays until `prune`).
+    pub async fn forget(&self, id: &str) -> Result<()> {
+        Ok(self.backend.delete(&format!("snapshots/{id}")).await?)
+    }
+
+    /// Append an event record (backup run, failure, replication, verification,
+    /// drill) under `records/<kind>/`, encrypted to the recipients: needs no
+    /// secret to write, the identity to read.
+    pub async fn write_record(&self, kind: &str, record: &serde_json::Value) -> Result<String> {
+        let recipients = self.recipients()?;
+        let pt = serde_json::to_vec(record).map_err(|e| Error::Other(e.to_string()))?;
+        let ct = crypto::encrypt(&recipients, &pt)?;
+        let key = format!(
+            "records/{kind}/{}-{}",
+            chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
+            hex::encode(rand::random::<[u8; 4]>())
+        );
+        self.backend.put_new(&key, Bytes::from(ct)).await?;
+        Ok(key)
+    }
+
+    /// Every record of a kind, oldest first.
+    pub async fn records(&self, keys: &Keys, kind: &str) -> Result<Vec<serde_json::Value>> {
+        let ids = keys.identities("reading records")?;
+        let mut objs = self.backend.list(&format!("records/{kind}/")).await?;
+        objs.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut out = Vec::new();
+        for o in objs {
+            let ct = self.backend.get(&o.key).await?;
+            let pt = ids.decrypt(&o.key, &ct)?;
+            out.push(serde_json::from_slice(&pt).map_err(|e| Error::Corrupt { what: o.key.clone(), detail: e.to_string() })?);
+        }
+        Ok(out)
     }
 
     /// Snapshot ids present (no decryption needed).
@@ -275,12 +360,8 @@ impl Repository {
 
     pub async fn load_manifest(&self, keys: &Keys, id: &str) -> Result<Manifest> {
         let ids = keys.identities("reading a snapshot")?;
-        let key = format!("snapshots/{id}");
-        let ct = match self.backend.get(&key).await {
-            Err(StorageError::NotFound { .. }) => return Err(Error::SnapshotNotFound { query: id.to_string() }),
-            other => other?,
-        };
-        let pt = ids.decrypt(&format!("snapshot {id}"), &ct)?;
+        let (obj, len) = self.snapshot_object(id).await?;
+        let pt = ids.decrypt(&format!("snapshot {id}"), &obj[12 + len..])?;
         serde_json::from_slice(&pt).map_err(|e| Error::Corrupt { what: format!("snapshot {id}"), detail: e.to_string() })
     }
 
@@ -288,21 +369,11 @@ impl Repository {
     pub async fn manifests(&self, keys: &Keys) -> Result<Vec<Manifest>> {
         keys.identities("listing snapshots")?;
         let ids = self.snapshot_ids().await?;
-        let mut set = tokio::task::JoinSet::new();
-        let sem = Arc::new(tokio::sync::Semaphore::new(16));
-        for id in ids {
-            let repo = self.clone();
-            let keys = keys.clone();
-            let sem = sem.clone();
-            set.spawn(async move {
-                let _permit = sem.acquire_owned().await;
-                repo.load_manifest(&keys, &id).await
-            });
-        }
-        let mut out = Vec::new();
-        while let Some(r) = set.join_next().await {
-            out.push(r.map_err(|e| Error::Other(e.to_string()))??);
-        }
+        let mut out = load_concurrently(ids, |id| {
+            let (repo, keys) = (self.clone(), keys.clone());
+            async move { repo.load_manifest(&keys, &id).await }
+        })
+        .await?;
         out.sort_by(|a, b| a.started.cmp(&b.started).then(a.id.cmp(&b.id)));
         Ok(out)
     }
@@ -336,6 +407,16 @@ impl Repository {
             }),
         }
     }
+}
+
+/// Run `f` over `items`, 16 at a time (object stores reward parallel GETs).
+pub async fn load_concurrently<I, T, F, Fut>(items: Vec<I>, f: F) -> Result<Vec<T>>
+where
+    F: Fn(I) -> Fut,
+    Fut: std::future::Future<Output = Result<T>>,
+{
+    use futures::StreamExt;
+    futures::stream::iter(items).map(f).buffer_unordered(16).collect::<Vec<_>>().await.into_iter().collect()
 }
 
 /// A pack's object key from its id.

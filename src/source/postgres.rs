@@ -406,8 +406,6 @@ pub async fn backup_logical(session: &mut BackupSession, job: &str, conn: &str, 
 
     let mut fps = Vec::new();
     for db in &databases {
-        let span = tracing::info_span!("database", db = %db);
-        let _g = span.enter();
         let client = target.connect(Some(db)).await?;
         client.batch_execute("begin isolation level repeatable read read only").await.map_err(sql_err)?;
         let row = client.query_one("select pg_export_snapshot(), now()", &[]).await.map_err(sql_err)?;
@@ -429,7 +427,7 @@ pub async fn backup_logical(session: &mut BackupSession, job: &str, conn: &str, 
         stream_process(session, &format!("db/{db}"), cmd, job).await?;
         // The exporting transaction must stay open until pg_dump is done.
         client.batch_execute("commit").await.map_err(sql_err)?;
-        info!(tables = tables.len(), "database dumped");
+        info!(db = %db, tables = tables.len(), "database dumped");
         fps.push(DatabaseFingerprint { name: db.clone(), snapshot_time, row_counts: mode, size_bytes: size, tables });
     }
     Ok(serde_json::json!({

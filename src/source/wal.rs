@@ -136,20 +136,11 @@ pub async fn list(repo: &Repository, cluster: &str) -> Result<Vec<WalHeader>> {
     let prefix = format!("wal/{cluster}/");
     let mut keys: Vec<String> = repo.backend.list(&prefix).await?.into_iter().map(|o| o.key).collect();
     keys.sort();
-    let mut set = tokio::task::JoinSet::new();
-    let sem = std::sync::Arc::new(tokio::sync::Semaphore::new(16));
-    for k in keys {
+    let mut out = crate::repo::load_concurrently(keys, |k| {
         let repo = repo.clone();
-        let sem = sem.clone();
-        set.spawn(async move {
-            let _p = sem.acquire_owned().await;
-            read_header(&repo, &k).await
-        });
-    }
-    let mut out = Vec::new();
-    while let Some(r) = set.join_next().await {
-        out.push(r.map_err(|e| Error::Other(e.to_string()))??);
-    }
+        async move { read_header(&repo, &k).await }
+    })
+    .await?;
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
 }

@@ -102,8 +102,9 @@ fn list_blocking(root: &Path, prefix: &str) -> StorageResult<Vec<ObjectMeta>> {
             if ft.is_dir() {
                 stack.push(path);
             } else if rel.starts_with(prefix) {
-                let size = entry.metadata().map_err(|e| io_err(&rel, e))?.len();
-                out.push(ObjectMeta { key: rel, size });
+                let md = entry.metadata().map_err(|e| io_err(&rel, e))?;
+                let modified = md.modified().ok().map(chrono::DateTime::<chrono::Utc>::from);
+                out.push(ObjectMeta { key: rel, size: md.len(), modified });
             }
         }
     }
@@ -149,7 +150,11 @@ impl Backend for LocalBackend {
 
     async fn head(&self, key: &str) -> StorageResult<Option<ObjectMeta>> {
         match tokio::fs::metadata(self.path(key)).await {
-            Ok(m) if m.is_file() => Ok(Some(ObjectMeta { key: key.to_string(), size: m.len() })),
+            Ok(m) if m.is_file() => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: m.len(),
+                modified: m.modified().ok().map(chrono::DateTime::<chrono::Utc>::from),
+            })),
             Ok(_) => Ok(None),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
             Err(e) => Err(io_err(key, e)),

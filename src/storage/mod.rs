@@ -24,6 +24,8 @@ pub struct ObjectMeta {
     /// Key relative to the repository root, always with `/` separators.
     pub key: String,
     pub size: u64,
+    /// Last modification (creation: objects are immutable), when the backend knows it.
+    pub modified: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// Errors a backend can report. Messages name the object and say what to do.
@@ -79,6 +81,10 @@ pub trait Backend: Send + Sync + std::fmt::Debug {
     async fn head(&self, key: &str) -> StorageResult<Option<ObjectMeta>>;
     async fn list(&self, prefix: &str) -> StorageResult<Vec<ObjectMeta>>;
     async fn delete(&self, key: &str) -> StorageResult<()>;
+    /// Object Lock / WORM: until when the object cannot be deleted (None: not locked).
+    async fn locked_until(&self, _key: &str) -> StorageResult<Option<chrono::DateTime<chrono::Utc>>> {
+        Ok(None)
+    }
 }
 
 /// Open the backend a repository URL points at.

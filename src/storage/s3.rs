@@ -173,6 +173,10 @@ impl S3Backend {
     }
 }
 
+fn to_chrono(t: &aws_sdk_s3::primitives::DateTime) -> Option<chrono::DateTime<chrono::Utc>> {
+    chrono::DateTime::from_timestamp(t.secs(), t.subsec_nanos())
+}
+
 /// The innermost cause ("Connection refused (os error 111)"): what the
 /// reader needs, without the SDK's layers of wrapping.
 fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
@@ -244,7 +248,11 @@ impl Backend for S3Backend {
 
     async fn head(&self, key: &str) -> StorageResult<Option<ObjectMeta>> {
         match self.client.head_object().bucket(&self.opts.bucket).key(self.full_key(key)).send().await {
-            Ok(r) => Ok(Some(ObjectMeta { key: key.to_string(), size: r.content_length().unwrap_or(0) as u64 })),
+            Ok(r) => Ok(Some(ObjectMeta {
+                key: key.to_string(),
+                size: r.content_length().unwrap_or(0) as u64,
+                modified: r.last_modified().and_then(to_chrono),
+            })),
             Err(e) => match self.map_err(key, e) {
                 StorageError::NotFound { .. } => Ok(None),
                 other => Err(other),
@@ -269,7 +277,11 @@ impl Backend for S3Backend {
                 .map_err(|e| self.map_err(prefix, e))?;
             for o in resp.contents() {
                 if let Some(k) = o.key() {
-                    out.push(ObjectMeta { key: k[strip.min(k.len())..].to_string(), size: o.size().unwrap_or(0) as u64 });
+                    out.push(ObjectMeta {
+                        key: k[strip.min(k.len())..].to_string(),
+                        size: o.size().unwrap_or(0) as u64,
+                        modified: o.last_modified().and_then(to_chrono),
+                    });
                 }
             }
             match resp.next_continuation_token() {
@@ -278,6 +290,17 @@ impl Backend for S3Backend {
             }
         }
         Ok(out)
+    }
+
+    async fn locked_until(&self, key: &str) -> StorageResult<Option<chrono::DateTime<chrono::Utc>>> {
+        // HeadObject reports the retention (GetObjectRetention is less widely implemented).
+        match self.client.head_object().bucket(&self.opts.bucket).key(self.full_key(key)).send().await {
+            Ok(r) => Ok(r.object_lock_retain_until_date().and_then(to_chrono).filter(|t| *t > chrono::Utc::now())),
+            Err(e) => match self.map_err(key, e) {
+                StorageError::NotFound { .. } => Ok(None),
+                other => Err(other),
+            },
+        }
     }
 
     async fn delete(&self, key: &str) -> StorageResult<()> {

@@ -1,0 +1,173 @@
+//! `lifeboat forget` (retention) and `lifeboat prune` (reclaim space).
+//!
+//! Forget removes snapshot manifests according to the policy's retention
+//! rules; it needs only the write credential (it reads snapshot summaries).
+//! Prune deletes packs no snapshot references. It holds the prune lock (see
+//! [`crate::repo::lock`]) so it never runs while a backup that might reuse
+//! those packs is in flight, leaves unindexed packs younger than a grace
+//! period alone, writes the new index before deleting the old one, and never
+//! tries to delete an object still under Object Lock retention.
+
+use std::collections::{HashMap, HashSet};
+
+use serde::Serialize;
+
+use crate::crypto::ChunkId;
+use crate::error::{Error, Result};
+use crate::repo::lock::{Lock, LockKind};
+use crate::repo::{self, IndexFile, Keys, Repository};
+use crate::retention::{self, Decision, RetentionRules, SnapshotInfo};
+
+#[derive(Debug, Serialize)]
+pub struct ForgetReport {
+    pub job: String,
+    pub decisions: Vec<Decision>,
+    pub removed: Vec<String>,
+    /// Snapshots retention would remove but Object Lock still protects.
+    pub locked: Vec<String>,
+}
+
+/// Apply `groups` (tag filter → rules) to the snapshots named `job`.
+pub async fn forget(
+    repo: &Repository,
+    keys: &Keys,
+    job: &str,
+    groups: &[(Option<String>, RetentionRules)],
+    now: chrono::DateTime<chrono::Utc>,
+    dry_run: bool,
+) -> Result<ForgetReport> {
+    let metas: Vec<repo::SnapshotMeta> = repo.snapshot_metas(keys).await?.into_iter().filter(|m| m.name == job).collect();
+    let infos: Vec<SnapshotInfo> =
+        metas.iter().map(|m| SnapshotInfo { id: m.id.clone(), time: m.started, tags: m.tags.clone() }).collect();
+    let decisions = retention::plan_grouped(&infos, groups, now);
+    let mut removed = Vec::new();
+    let mut locked = Vec::new();
+    for d in decisions.iter().filter(|d| !d.keep) {
+        if dry_run {
+            continue;
+        }
+        if repo.backend.locked_until(&format!("snapshots/{}", d.id)).await?.is_some() {
+            locked.push(d.id.clone());
+            continue;
+        }
+        repo.forget(&d.id).await?;
+        removed.push(d.id.clone());
+    }
+    Ok(ForgetReport { job: job.to_string(), decisions, removed, locked })
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct PruneReport {
+    pub packs_total: usize,
+    pub packs_deleted: usize,
+    pub bytes_deleted: u64,
+    pub unindexed_packs_deleted: usize,
+    /// Packs some live snapshot still partly uses (not repacked).
+    pub packs_partly_used: usize,
+    pub bytes_reclaimable_by_repack: u64,
+    pub packs_locked: usize,
+    pub index_files_rewritten: usize,
+    pub dry_run: bool,
+}
+
+/// Delete unreferenced packs. `grace` protects unindexed packs written by
+/// a backup that may still be running on a host whose lock we cannot see.
+pub async fn prune(repo: &Repository, keys: &Keys, grace: chrono::Duration, dry_run: bool) -> Result<PruneReport> {
+    keys.identities("prune")?;
+    let lock = Lock::acquire(repo, LockKind::Prune).await?;
+    let result = prune_locked(repo, keys, grace, dry_run).await;
+    lock.release().await?;
+    result
+}
+
+async fn prune_locked(repo: &Repository, keys: &Keys, grace: chrono::Duration, dry_run: bool) -> Result<PruneReport> {
+    let mut report = PruneReport { dry_run, ..Default::default() };
+    // Everything any snapshot references.
+    let manifests = repo.manifests(keys).await?;
+    let mut used: HashSet<ChunkId> = HashSet::new();
+    for m in &manifests {
+        for s in &m.streams {
+            used.extend(s.chunks.iter().copied());
+        }
+    }
+    // Index files, one by one (we may rewrite some).
+    let index_objs = repo.backend.list("index/").await?;
+    let mut files: Vec<(String, IndexFile)> = Vec::new();
+    for o in &index_objs {
+        let ct = repo.backend.get(&o.key).await?;
+        let pt = crate::crypto::decrypt_one(&keys.index_identity, &o.key, &ct)?;
+        let f: IndexFile = serde_json::from_slice(&pt).map_err(|e| Error::Corrupt { what: o.key.clone(), detail: e.to_string() })?;
+        files.push((o.key.clone(), f));
+    }
+    let mut indexed: HashSet<ChunkId> = HashSet::new();
+    let mut dead: HashSet<ChunkId> = HashSet::new();
+    for (_, f) in &files {
+        for p in &f.packs {
+            report.packs_total += 1;
+            indexed.insert(p.id);
+            let live = p.blobs.iter().filter(|b| used.contains(&b.id)).count();
+            if live == 0 {
+                dead.insert(p.id);
+            } else if live < p.blobs.len() {
+                report.packs_partly_used += 1;
+                report.bytes_reclaimable_by_repack +=
+                    p.blobs.iter().filter(|b| !used.contains(&b.id)).map(|b| b.length as u64).sum::<u64>();
+            }
+        }
+    }
+    // Never delete what Object Lock still protects.
+    let mut locked: HashSet<ChunkId> = HashSet::new();
+    for p in &dead {
+        if repo.backend.locked_until(&repo::pack_key(p)).await?.is_some() {
+            locked.insert(*p);
+        }
+    }
+    report.packs_locked = locked.len();
+    let deletable: HashSet<ChunkId> = dead.difference(&locked).copied().collect();
+
+    // Unindexed packs older than the grace period: leftovers of crashed backups.
+    let now = chrono::Utc::now();
+    let stored = repo.backend.list("packs/").await?;
+    let sizes: HashMap<String, u64> = stored.iter().map(|o| (o.key.clone(), o.size)).collect();
+    let mut orphans = Vec::new();
+    for o in &stored {
+        let Some(id) = o.key.rsplit('/').next().and_then(ChunkId::from_hex) else { continue };
+        if indexed.contains(&id) {
+            continue;
+        }
+        if o.modified.is_some_and(|m| now - m > grace) && repo.backend.locked_until(&o.key).await?.is_none() {
+            orphans.push(o.key.clone());
+        }
+    }
+    report.unindexed_packs_deleted = orphans.len();
+    if dry_run {
+        report.packs_deleted = deletable.len();
+        report.bytes_deleted = deletable.iter().filter_map(|p| sizes.get(&repo::pack_key(p))).sum();
+        return Ok(report);
+    }
+
+    // 1. New index files first (so a crash leaves duplicates, never gaps)…
+    for (key, f) in &files {
+        if !f.packs.iter().any(|p| deletable.contains(&p.id)) {
+            continue;
+        }
+        let kept: Vec<_> = f.packs.iter().filter(|p| !deletable.contains(&p.id)).cloned().collect();
+        if !kept.is_empty() {
+            repo.write_index(keys, &IndexFile { version: 1, packs: kept }).await?;
+        }
+        repo.backend.delete(key).await?;
+        report.index_files_rewritten += 1;
+    }
+    // 2. …then the packs.
+    for p in &deletable {
+        let key = repo::pack_key(p);
+        report.bytes_deleted += sizes.get(&key).copied().unwrap_or(0);
+        repo.backend.delete(&key).await?;
+        report.packs_deleted += 1;
+    }
+    for key in &orphans {
+        repo.backend.delete(key).await?;
+    }
+    repo::lock::clear_stale(repo).await?;
+    Ok(report)
+}
