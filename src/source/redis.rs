@@ -1487,8 +1487,39 @@ async fn restore_rdb_stream(
         let info = server_info(&t, &mut con)?;
         let dbs: Vec<u32> = info.keyspace.keys().copied().collect();
         let loaded = info.total_keys();
-        let st = scan_keys(&t, &mut con, &dbs, &mut |r| restorer.push(r))?;
-        restorer.flush()?;
+        // DUMP from the temporary server on one thread, RESTORE into the
+        // target on this one: the two round trips overlap.
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Record>>(4);
+        let scanner = std::thread::Builder::new()
+            .name("lifeboat-redis-copy".into())
+            .spawn(move || -> Result<ScanStats> {
+                let stopped = || Error::Other("the restore stopped".into());
+                let mut batch = Vec::with_capacity(BATCH);
+                let st = scan_keys(&t, &mut con, &dbs, &mut |r| {
+                    batch.push(r);
+                    if batch.len() >= BATCH {
+                        tx.send(std::mem::take(&mut batch)).map_err(|_| stopped())?;
+                    }
+                    Ok(())
+                })?;
+                if !batch.is_empty() {
+                    tx.send(batch).map_err(|_| stopped())?;
+                }
+                Ok(st)
+            })
+            .map_err(|e| Error::Other(format!("cannot start a thread: {e}")))?;
+        let copied = (|| -> Result<()> {
+            for batch in rx {
+                for r in batch {
+                    restorer.push(r)?;
+                }
+            }
+            restorer.flush()
+        })();
+        // On a restore error the channel is closed, so the scanner stops too.
+        let scanned = scanner.join().map_err(|_| Error::Other("the Redis copy thread panicked".into()))?;
+        copied?;
+        let st = scanned?;
         debug!(loaded, copied = st.keys, "copied keys from the temporary server");
         drop(server);
         drop(dir);
