@@ -142,9 +142,14 @@ impl BackupSession {
         .await
         .map_err(|e| Error::Other(format!("backup worker failed: {e}")))?;
         let (state, result) = joined;
-        self.session_ids = state.session_ids;
-        self.current = state.current;
-        self.stats = state.stats;
+        // Take the state apart so its pack sender is dropped here: on error,
+        // `finish_uploads` waits for the uploader, which only ends once every
+        // sender is gone (keeping this clone alive deadlocked a failed read).
+        let PackerState { session_ids, current, stats, pack_tx, .. } = state;
+        drop(pack_tx);
+        self.session_ids = session_ids;
+        self.current = current;
+        self.stats = stats;
         let (size, chunks) = match result {
             Ok(v) => v,
             Err(e) => {
@@ -406,4 +411,38 @@ async fn upload_packs(
         records.push(r.map_err(|e| Error::Other(e.to_string()))??);
     }
     Ok(records)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Yields some data, then fails the way a dropped connection does.
+    struct Failing(usize);
+    impl Read for Failing {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0 == 0 {
+                return Err(std::io::Error::other("connection reset"));
+            }
+            let n = buf.len().min(self.0).min(64 * 1024);
+            buf[..n].fill(7);
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failing_reader_fails_the_stream_without_hanging() {
+        let dir = std::env::temp_dir().join(format!("lifeboat-failing-{}", hex::encode(rand::random::<[u8; 6]>())));
+        let url: crate::storage::RepoUrl = dir.display().to_string().parse().unwrap();
+        let (_, recipient) = crypto::generate_identity();
+        let opts = repo::InitOptions { recipients: vec![recipient], ..Default::default() };
+        let (repo, cred) = Repository::init(&url, opts).await.unwrap();
+        let keys = repo.unlock_write(&cred).unwrap();
+        let mut s = BackupSession::start(&repo, &keys, BackupOptions::default()).await.unwrap();
+        let r = tokio::time::timeout(std::time::Duration::from_secs(30), s.add_stream("x", Failing(40 << 20))).await;
+        let err = r.expect("add_stream must not hang on a read error").unwrap_err();
+        assert!(err.to_string().contains("connection reset"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }
