@@ -689,8 +689,8 @@ async fn backup(a: BackupArgs, json: bool) -> Result<ExitCode> {
         let name = a.name.clone().unwrap_or_default();
         let opts = BackupOptions { name, kind: "stdin".into(), tags: a.tags.clone() };
         let mut session = BackupSession::start(&repo, &keys, opts).await?;
-        session.add_stream("stdin", lifeboat::source::stdin()).await?;
-        session.commit(serde_json::Value::Null).await?
+        let r = session.add_stream("stdin", lifeboat::source::stdin()).await.map(|_| serde_json::Value::Null);
+        session.finish(r).await?
     } else {
         eprintln!("error: give --stdin --name NAME, or --policy FILE JOB");
         return Ok(ExitCode::from(2));
@@ -730,23 +730,23 @@ async fn backup_job_inner(repo: &Repository, keys: &Keys, job: &lifeboat::policy
         JobKind::Command => {
             let mut session = BackupSession::start(repo, keys, opts).await?;
             let command = job.command.as_deref().unwrap_or_default();
-            let meta = lifeboat::source::backup_command(&mut session, &job.name, command).await?;
-            session.commit(meta).await?
+            let meta = lifeboat::source::backup_command(&mut session, &job.name, command).await;
+            session.finish(meta).await?
         }
         JobKind::Postgres => {
             let conn = job.connection()?;
             let mut session = BackupSession::start(repo, keys, opts).await?;
             let meta = match job.mode.as_deref().unwrap_or("logical") {
-                "physical" => pg::backup_physical(&mut session, &job.name, &conn, &job.pg_options()).await?,
-                _ => pg::backup_logical(&mut session, &job.name, &conn, &job.pg_options()).await?,
+                "physical" => pg::backup_physical(&mut session, &job.name, &conn, &job.pg_options()).await,
+                _ => pg::backup_logical(&mut session, &job.name, &conn, &job.pg_options()).await,
             };
-            session.commit(meta).await?
+            session.finish(meta).await?
         }
         JobKind::Redis => {
             let conn = job.connection()?;
             let mut session = BackupSession::start(repo, keys, opts).await?;
-            let meta = rd::backup(&mut session, &job.name, &conn, job.mode.as_deref().unwrap_or("rdb")).await?;
-            session.commit(meta).await?
+            let meta = rd::backup(&mut session, &job.name, &conn, job.mode.as_deref().unwrap_or("rdb")).await;
+            session.finish(meta).await?
         }
         other => {
             return Err(NotYet(match other {

@@ -174,6 +174,40 @@ impl BackupSession {
     /// Make the snapshot visible: flush the last pack, wait until every pack
     /// is durable, write the index, then the manifest.
     pub async fn commit(mut self, source: serde_json::Value) -> Result<Manifest> {
+        let result = self.commit_inner(source).await;
+        self.release_lock().await;
+        result
+    }
+
+    /// Give up: nothing becomes visible, and the backup lock is released now
+    /// (rather than going stale and holding off prune for half an hour).
+    pub async fn abort(mut self) {
+        self.pack_tx = None;
+        if let Some(u) = self.uploader.take() {
+            u.abort();
+        }
+        self.release_lock().await;
+    }
+
+    /// Commit with the source's metadata, or abort if the source failed.
+    pub async fn finish(self, source: Result<serde_json::Value>) -> Result<Manifest> {
+        match source {
+            Ok(meta) => self.commit(meta).await,
+            Err(e) => {
+                self.abort().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn release_lock(&mut self) {
+        if let Some(k) = self.lock.take() {
+            let _ = k.stop.send(());
+            let _ = k.task.await;
+        }
+    }
+
+    async fn commit_inner(&mut self, source: serde_json::Value) -> Result<Manifest> {
         if !self.current.blobs.is_empty() {
             let p = std::mem::replace(&mut self.current, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 });
             let tx = self.pack_tx.clone().ok_or_else(|| Error::Other("session closed".into()))?;
@@ -206,10 +240,6 @@ impl BackupSession {
             stats: self.stats.clone(),
         };
         self.repo.write_manifest(&self.keys, &manifest).await?;
-        if let Some(k) = self.lock.take() {
-            let _ = k.stop.send(());
-            let _ = k.task.await;
-        }
         info!(
             snapshot = manifest.short_id(),
             bytes_read = manifest.stats.bytes_read,
