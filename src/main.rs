@@ -857,7 +857,12 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
             start: a.start,
             port: a.port,
             exe: std::env::current_exe()?,
-            repo_url: a.repo.repo.to_string(),
+            // PostgreSQL runs restore_command from inside the data directory:
+            // a relative local repository path would point nowhere there.
+            repo_url: match &a.repo.repo {
+                RepoUrl::Local(p) => std::fs::canonicalize(p).with_context(|| format!("repository {}", p.display()))?.display().to_string(),
+                other => other.to_string(),
+            },
             identity,
             wait_secs: a.wait,
         };

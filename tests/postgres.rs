@@ -378,7 +378,10 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
     // Without --at: every marker.
     let dir3 = f.dir.path().join("latest-data");
     let p3 = free_port();
-    ok(&as_postgres(&[exe, "restore", "--repo", &f.repo, "--identity", f.id(), &base, "--to-dir", dir3.to_str().unwrap(), "--start", "--port", &p3.to_string(), "--wait", "120"], &[]));
+    // A relative --repo (run from the fixture dir) must still reach the WAL archive from restore_command.
+    let mut c = Command::new("runuser");
+    c.current_dir(f.dir.path()).args(["-u", "postgres", "--", exe, "restore", "--repo", "repo", "--identity", f.id(), &base, "--to-dir", dir3.to_str().unwrap(), "--start", "--port", &p3.to_string(), "--wait", "120"]);
+    ok(&c.output().unwrap());
     let restored = Cluster { dir: dir3, port: p3 };
     let ids = restored.psql("select string_agg(id::text, ',' order by id) from markers");
     restored.stop();
