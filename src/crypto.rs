@@ -300,3 +300,18 @@ mod tests {
         assert_ne!(k.chunk_id(b"a"), DedupKey::from_bytes([8; 32]).chunk_id(b"a"));
     }
 }
+
+/// TLS client settings shared by every network source: the system's root
+/// certificates, rustls with the ring provider, safe protocol versions.
+pub fn tls_client_config() -> Result<rustls::ClientConfig, CryptoError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CryptoError::Encrypt(format!("TLS setup: {e}")))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}

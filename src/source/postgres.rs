@@ -7,7 +7,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::config::{Host, SslMode};
@@ -201,17 +200,7 @@ impl PgTarget {
 }
 
 fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(c);
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| Error::Other(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(cfg))
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(crate::crypto::tls_client_config()?))
 }
 
 /// A private temp dir removed on drop (holds the PGPASSFILE).

@@ -322,16 +322,7 @@ fn open_socket(t: &RedisTarget) -> Result<Box<dyn Duplex>> {
                 return Err(src_err("RDB mode does not support rediss:// with #insecure; use a verifiable certificate or mode = \"logical\""));
             }
             let tcp = tcp_connect(host, *port).map_err(unreachable)?;
-            let mut roots = rustls::RootCertStore::empty();
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(c);
-            }
-            let provider = Arc::new(rustls::crypto::ring::default_provider());
-            let cfg = rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .map_err(|e| Error::Other(format!("TLS setup: {e}")))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
+            let cfg = crate::crypto::tls_client_config()?;
             let name = rustls::pki_types::ServerName::try_from(host.clone())
                 .map_err(|e| src_err(format!("invalid TLS server name {host:?}: {e}")))?;
             let conn = rustls::ClientConnection::new(Arc::new(cfg), name).map_err(|e| src_err(format!("TLS: {e}")))?;
@@ -1297,10 +1288,7 @@ async fn backup_logical_stream(session: &mut BackupSession, stream: &str, t: &Re
         })
         .map_err(|e| Error::Other(format!("cannot start a thread: {e}")))?;
     let added = session.add_stream(stream, reader).await;
-    let produced = tokio::task::spawn_blocking(move || producer.join())
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?
-        .map_err(|_| Error::Other("the Redis scan thread panicked".into()))?;
+    let produced = join_thread(producer, "the Redis scan thread").await?;
     // The scanner's error explains a short stream; the pipeline's error explains a stalled scanner.
     match (added, produced) {
         (Ok(_), Ok(st)) => Ok(st),
@@ -1454,10 +1442,7 @@ async fn restore_logical_stream(
         })
         .map_err(|e| Error::Other(format!("cannot start a thread: {e}")))?;
     let streamed = restore_stream(repo, keys, index, &m.id, s, writer).await;
-    let consumed = tokio::task::spawn_blocking(move || consumer.join())
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?
-        .map_err(|_| Error::Other("the Redis restore thread panicked".into()))?;
+    let consumed = join_thread(consumer, "the Redis restore thread").await?;
     match (streamed, consumed) {
         (Ok(_), Ok(r)) => Ok(r),
         // A consumer failure breaks the pipe: its error is the real one.
@@ -1720,4 +1705,12 @@ mod tests {
             Ok(())
         }
     }
+}
+
+/// Wait for a helper thread without blocking the async runtime.
+async fn join_thread<T: Send + 'static>(h: std::thread::JoinHandle<T>, what: &str) -> Result<T> {
+    tokio::task::spawn_blocking(move || h.join())
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?
+        .map_err(|_| Error::Other(format!("{what} panicked")))
 }
