@@ -19,8 +19,16 @@ fn dump(len: usize) -> Vec<u8> {
         x ^= x << 17;
         let (a, b) = ((x % 11) as usize, ((x >> 8) % 11) as usize);
         out.extend_from_slice(
-            format!("{i}\t{}\t{} {}\t{}.{:02}\t{{\"k\": {}}}\n", x % 100_000, words[a], words[b], x % 9973, x % 100, x >> 40)
-                .as_bytes(),
+            format!(
+                "{i}\t{}\t{} {}\t{}.{:02}\t{{\"k\": {}}}\n",
+                x % 100_000,
+                words[a],
+                words[b],
+                x % 9973,
+                x % 100,
+                x >> 40
+            )
+            .as_bytes(),
         );
         i += 1;
     }

@@ -83,7 +83,8 @@ pub async fn check(repo: &Repository, keys: &Keys, read_data: bool) -> Result<Ch
     }
 
     // 2. Every indexed pack exists with the recorded size.
-    let stored: HashMap<String, u64> = repo.backend.list("packs/").await?.into_iter().map(|o| (o.key, o.size)).collect();
+    let stored: HashMap<String, u64> =
+        repo.backend.list("packs/").await?.into_iter().map(|o| (o.key, o.size)).collect();
     report.packs = index.packs.len();
     let mut pack_chunks: HashMap<ChunkId, Vec<ChunkId>> = HashMap::new();
     for (id, loc) in &index.blobs {
@@ -98,7 +99,11 @@ pub async fn check(repo: &Repository, keys: &Keys, read_data: bool) -> Result<Ch
         };
         if let Some(detail) = problem {
             let affected = affected_by(&mut pack_chunks.get(pack).cloned().unwrap_or_default().into_iter());
-            report.errors.push(CheckProblem { what: format!("pack {}", pack.to_hex()), detail, affected_snapshots: affected });
+            report.errors.push(CheckProblem {
+                what: format!("pack {}", pack.to_hex()),
+                detail,
+                affected_snapshots: affected,
+            });
         }
     }
     let indexed: BTreeSet<String> = index.packs.keys().map(repo::pack_key).collect();

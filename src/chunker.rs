@@ -29,7 +29,11 @@ impl ChunkerParams {
         if !(self.min_size <= self.avg_size && self.avg_size <= self.max_size) {
             return Err("chunker sizes must satisfy min <= avg <= max".into());
         }
-        if self.min_size < MINIMUM_MIN || self.max_size > MAXIMUM_MAX || self.avg_size < AVERAGE_MIN || self.avg_size > AVERAGE_MAX {
+        if self.min_size < MINIMUM_MIN
+            || self.max_size > MAXIMUM_MAX
+            || self.avg_size < AVERAGE_MIN
+            || self.avg_size > AVERAGE_MAX
+        {
             return Err("chunker sizes out of FastCDC's range".into());
         }
         Ok(())

@@ -30,7 +30,9 @@ pub enum CryptoError {
     },
     #[error("{path} is not an age identity file (expected a line starting with AGE-SECRET-KEY-1)")]
     NotAnIdentity { path: String },
-    #[error("{path} is a write credential: it can add snapshots but never decrypt them; restoring needs the age identity (--identity FILE)")]
+    #[error(
+        "{path} is a write credential: it can add snapshots but never decrypt them; restoring needs the age identity (--identity FILE)"
+    )]
     IsWriteCredential { path: String },
     #[error("{path} is not a lifeboat write credential: {reason}")]
     BadWriteCredential { path: String, reason: String },
@@ -146,7 +148,8 @@ impl Identities {
             }
             return Err(CryptoError::NotAnIdentity { path: p });
         }
-        let file = age::IdentityFile::from_buffer(text.as_bytes()).map_err(|_| CryptoError::NotAnIdentity { path: p.clone() })?;
+        let file = age::IdentityFile::from_buffer(text.as_bytes())
+            .map_err(|_| CryptoError::NotAnIdentity { path: p.clone() })?;
         let ids = file.into_identities().map_err(|_| CryptoError::NotAnIdentity { path: p.clone() })?;
         Ok(Identities { ids, source: p })
     }

@@ -6,11 +6,15 @@ use crate::storage::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("no lifeboat repository at {url} (no config object); create one with `lifeboat init --repo {url} --recipient age1…`")]
+    #[error(
+        "no lifeboat repository at {url} (no config object); create one with `lifeboat init --repo {url} --recipient age1…`"
+    )]
     NoRepository { url: String },
     #[error("a repository already exists at {url}; refusing to initialise it again")]
     RepositoryExists { url: String },
-    #[error("repository at {url} has format version {found}, this lifeboat understands up to {supported}; upgrade lifeboat")]
+    #[error(
+        "repository at {url} has format version {found}, this lifeboat understands up to {supported}; upgrade lifeboat"
+    )]
     UnsupportedVersion { url: String, found: u32, supported: u32 },
     #[error("{url} does not hold a lifeboat repository: {detail}")]
     NotARepository { url: String, detail: String },
@@ -18,11 +22,17 @@ pub enum Error {
     Storage(#[from] StorageError),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
-    #[error("the identity in {source_name} cannot decrypt the key of repository {url}; it is encrypted to {recipients}")]
+    #[error(
+        "the identity in {source_name} cannot decrypt the key of repository {url}; it is encrypted to {recipients}"
+    )]
     WrongIdentity { source_name: String, url: String, recipients: String },
-    #[error("{action} needs the repository identity (--identity FILE or LIFEBOAT_IDENTITY_FILE); a write credential can only add snapshots")]
+    #[error(
+        "{action} needs the repository identity (--identity FILE or LIFEBOAT_IDENTITY_FILE); a write credential can only add snapshots"
+    )]
     NeedIdentity { action: String },
-    #[error("no key given: pass --write-key FILE (LIFEBOAT_WRITE_KEY_FILE) to back up, or --identity FILE (LIFEBOAT_IDENTITY_FILE)")]
+    #[error(
+        "no key given: pass --write-key FILE (LIFEBOAT_WRITE_KEY_FILE) to back up, or --identity FILE (LIFEBOAT_IDENTITY_FILE)"
+    )]
     NoKey,
     #[error("the write credential is for repository {credential}, but {url} is repository {repository}")]
     CredentialMismatch { credential: String, repository: String, url: String },
@@ -32,7 +42,9 @@ pub enum Error {
     AmbiguousSnapshot { query: String, candidates: String },
     #[error("snapshot {snapshot} has {streams} streams ({names}); pick one with --stream")]
     AmbiguousStream { snapshot: String, streams: usize, names: String },
-    #[error("snapshot {snapshot} references chunk {chunk} which no index lists; the repository is damaged (run `lifeboat check`)")]
+    #[error(
+        "snapshot {snapshot} references chunk {chunk} which no index lists; the repository is damaged (run `lifeboat check`)"
+    )]
     MissingChunk { snapshot: String, chunk: String },
     #[error("pack {pack} is corrupt: {detail}")]
     CorruptPack { pack: String, detail: String },

@@ -15,14 +15,14 @@ pub mod chunker;
 pub mod crypto;
 pub mod deploy;
 pub mod error;
-pub mod pipeline;
 pub mod metrics;
+pub mod pipeline;
 pub mod policy;
 pub mod prune;
 pub mod replicate;
 pub mod repo;
-pub mod schedule;
 pub mod retention;
+pub mod schedule;
 pub mod source;
 pub mod storage;
 

@@ -548,7 +548,10 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             let p = Policy::load(&file)?;
             let lints = p.lints();
             if json {
-                println!("{}", serde_json::json!({"ok": lints.is_empty(), "repositories": p.repositories.len(), "jobs": p.jobs.len(), "problems": lints}));
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": lints.is_empty(), "repositories": p.repositories.len(), "jobs": p.jobs.len(), "problems": lints})
+                );
             } else {
                 for l in &lints {
                     println!("{l}");
@@ -560,7 +563,11 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
             if lints.is_empty() {
                 Ok(ExitCode::SUCCESS)
             } else {
-                eprintln!("error: {}: {} problem(s) that would keep this policy from its promises", file.display(), lints.len());
+                eprintln!(
+                    "error: {}: {} problem(s) that would keep this policy from its promises",
+                    file.display(),
+                    lints.len()
+                );
                 Ok(ExitCode::from(1))
             }
         }
@@ -576,9 +583,16 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Report(_) => Err(NotYet("report").into()),
         Cmd::Deploy(DeployCmd::Render(a)) => {
             let policy = Policy::load(&a.policy)?;
-            let mut o = lifeboat::deploy::RenderOptions { image: a.image, namespace: a.namespace, secret: a.secret, ..Default::default() };
+            let mut o = lifeboat::deploy::RenderOptions {
+                image: a.image,
+                namespace: a.namespace,
+                secret: a.secret,
+                ..Default::default()
+            };
             for kv in &a.annotations {
-                let (k, v) = kv.split_once('=').ok_or_else(|| anyhow::anyhow!("--service-account-annotation takes KEY=VALUE"))?;
+                let (k, v) = kv
+                    .split_once('=')
+                    .ok_or_else(|| anyhow::anyhow!("--service-account-annotation takes KEY=VALUE"))?;
                 o.service_account_annotations.push((k.to_string(), v.to_string()));
             }
             let docs = lifeboat::deploy::render(&policy, &o)?;
@@ -596,14 +610,16 @@ fn key_generate(output: Option<PathBuf>, json: bool) -> Result<ExitCode> {
     let (text, recipient) = crypto::generate_identity();
     match output {
         Some(path) => {
-            crypto::write_secret_file(&path, &text).with_context(|| {
-                format!("cannot write {} (an existing key is never overwritten)", path.display())
-            })?;
+            crypto::write_secret_file(&path, &text)
+                .with_context(|| format!("cannot write {} (an existing key is never overwritten)", path.display()))?;
             if json {
                 println!("{}", serde_json::json!({"recipient": recipient, "identity_file": path}));
             } else {
                 println!("{recipient}");
-                eprintln!("identity written to {}; keep it safe and offline: it is the only way to restore", path.display());
+                eprintln!(
+                    "identity written to {}; keep it safe and offline: it is the only way to restore",
+                    path.display()
+                );
             }
         }
         None => {
@@ -660,7 +676,10 @@ async fn init(a: InitArgs, json: bool) -> Result<ExitCode> {
         crypto::write_secret_file(p, &cred.to_json()).with_context(|| format!("cannot write {}", p.display()))?;
     }
     if json {
-        println!("{}", serde_json::json!({"repository_id": repo.config.id, "url": repo.url, "write_key": a.write_key_out}));
+        println!(
+            "{}",
+            serde_json::json!({"repository_id": repo.config.id, "url": repo.url, "write_key": a.write_key_out})
+        );
     } else {
         println!("created repository {} at {}", repo.config.id, repo.url);
         match &a.write_key_out {
@@ -717,7 +736,12 @@ async fn backup(a: BackupArgs, json: bool) -> Result<ExitCode> {
 }
 
 /// Back up one policy job into `repo`.
-async fn backup_job(repo: &Repository, keys: &Keys, job: &lifeboat::policy::JobSpec, extra_tags: &[String]) -> Result<Manifest> {
+async fn backup_job(
+    repo: &Repository,
+    keys: &Keys,
+    job: &lifeboat::policy::JobSpec,
+    extra_tags: &[String],
+) -> Result<Manifest> {
     let mut tags = job.tags.clone();
     tags.extend(extra_tags.iter().cloned());
     let opts = BackupOptions { name: job.name.clone(), kind: job.kind.as_str().into(), tags };
@@ -725,7 +749,12 @@ async fn backup_job(repo: &Repository, keys: &Keys, job: &lifeboat::policy::JobS
     tracing::Instrument::instrument(backup_job_inner(repo, keys, job, opts), span).await
 }
 
-async fn backup_job_inner(repo: &Repository, keys: &Keys, job: &lifeboat::policy::JobSpec, opts: BackupOptions) -> Result<Manifest> {
+async fn backup_job_inner(
+    repo: &Repository,
+    keys: &Keys,
+    job: &lifeboat::policy::JobSpec,
+    opts: BackupOptions,
+) -> Result<Manifest> {
     Ok(match job.kind {
         JobKind::Command => {
             let mut session = BackupSession::start(repo, keys, opts).await?;
@@ -774,12 +803,25 @@ async fn snapshots(a: SnapshotsArgs, json: bool) -> Result<ExitCode> {
     if a.identity.identity.is_none() && a.write_key.is_some() {
         // The write credential reads summaries only: names, times, sizes, tags.
         let keys = write_keys(&repo, a.write_key.as_deref(), &a.identity).await?;
-        let list: Vec<_> = repo.snapshot_metas(&keys).await?.into_iter().filter(|m| a.name.as_ref().is_none_or(|n| &m.name == n)).collect();
+        let list: Vec<_> = repo
+            .snapshot_metas(&keys)
+            .await?
+            .into_iter()
+            .filter(|m| a.name.as_ref().is_none_or(|n| &m.name == n))
+            .collect();
         if json {
             println!("{}", serde_json::to_string_pretty(&list)?);
         } else {
             for m in &list {
-                println!("{:<10} {:<20} {:<24} {:<8} {:>10}  {}", m.short_id(), m.started.format("%Y-%m-%d %H:%M:%S"), m.name, m.kind, human(m.size), m.tags.join(","));
+                println!(
+                    "{:<10} {:<20} {:<24} {:<8} {:>10}  {}",
+                    m.short_id(),
+                    m.started.format("%Y-%m-%d %H:%M:%S"),
+                    m.name,
+                    m.kind,
+                    human(m.size),
+                    m.tags.join(",")
+                );
             }
             println!("{} snapshot(s)", list.len());
         }
@@ -829,7 +871,8 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
         }
     }
     let wanted = a.stream.clone().or_else(|| a.database.as_ref().map(|d| format!("db/{d}")));
-    let is_db_target = a.to_dir.is_some() || a.to.as_deref().is_some_and(|t| t.starts_with("postgres") || t.starts_with("env:"));
+    let is_db_target =
+        a.to_dir.is_some() || a.to.as_deref().is_some_and(|t| t.starts_with("postgres") || t.starts_with("env:"));
     let stream = match &wanted {
         _ if is_db_target => &manifest.streams[0],
         Some(s) => manifest
@@ -860,7 +903,10 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
             // PostgreSQL runs restore_command from inside the data directory:
             // a relative local repository path would point nowhere there.
             repo_url: match &a.repo.repo {
-                RepoUrl::Local(p) => std::fs::canonicalize(p).with_context(|| format!("repository {}", p.display()))?.display().to_string(),
+                RepoUrl::Local(p) => std::fs::canonicalize(p)
+                    .with_context(|| format!("repository {}", p.display()))?
+                    .display()
+                    .to_string(),
                 other => other.to_string(),
             },
             identity,
@@ -868,7 +914,10 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
         };
         let r = pg::restore_physical(&repo, &keys, &index, &manifest, dir, &o).await?;
         if json {
-            println!("{}", serde_json::json!({"id": manifest.id, "result": r, "seconds": started.elapsed().as_secs_f64()}));
+            println!(
+                "{}",
+                serde_json::json!({"id": manifest.id, "result": r, "seconds": started.elapsed().as_secs_f64()})
+            );
         } else {
             eprintln!(
                 "restored base backup {} into {}; recovery {} (newest recoverable point {})",
@@ -880,12 +929,16 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    if let Some(to) = a.to.as_deref().filter(|t| t.starts_with("postgres://") || t.starts_with("postgresql://") || t.starts_with("env:")) {
+    if let Some(to) =
+        a.to.as_deref()
+            .filter(|t| t.starts_with("postgres://") || t.starts_with("postgresql://") || t.starts_with("env:"))
+    {
         if to.starts_with("postgres") && pg::redact(to) != to {
             eprintln!("warning: a password in --to is visible in the process list; use --to env:NAME");
         }
         let conn = if to.starts_with("env:") { lifeboat::policy::resolve_secret(to)? } else { to.to_string() };
-        let db = a.database.clone().or_else(|| a.stream.as_ref().and_then(|s| s.strip_prefix("db/").map(str::to_string)));
+        let db =
+            a.database.clone().or_else(|| a.stream.as_ref().and_then(|s| s.strip_prefix("db/").map(str::to_string)));
         let r = pg::restore_logical(&repo, &keys, &index, &manifest, &conn, db.as_deref(), a.clean, a.jobs).await?;
         if json {
             println!("{}", serde_json::json!({"id": manifest.id, "result": r}));
@@ -934,19 +987,34 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
     };
     let secs = started.elapsed().as_secs_f64();
     if json {
-        println!("{}", serde_json::json!({"id": manifest.id, "stream": stream.name, "bytes": written, "seconds": secs}));
+        println!(
+            "{}",
+            serde_json::json!({"id": manifest.id, "stream": stream.name, "bytes": written, "seconds": secs})
+        );
     } else {
-        eprintln!("restored {} of snapshot {} ({}) in {:.1}s", human(written), manifest.short_id(), manifest.name, secs);
+        eprintln!(
+            "restored {} of snapshot {} ({}) in {:.1}s",
+            human(written),
+            manifest.short_id(),
+            manifest.name,
+            secs
+        );
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// A Redis snapshot into a server/cluster (`--to redis://…|env:NAME`) or a
 /// data dir (`--to-dir`); `None` when the target is a plain file or stdout.
-async fn restore_redis(a: &RestoreArgs, repo: &Repository, keys: &Keys, manifest: &Manifest, json: bool) -> Result<Option<ExitCode>> {
-    let to_server = a.to.as_deref().filter(|t| {
-        ["redis://", "rediss://", "unix://", "redis+unix://", "env:"].iter().any(|p| t.starts_with(p))
-    });
+async fn restore_redis(
+    a: &RestoreArgs,
+    repo: &Repository,
+    keys: &Keys,
+    manifest: &Manifest,
+    json: bool,
+) -> Result<Option<ExitCode>> {
+    let to_server =
+        a.to.as_deref()
+            .filter(|t| ["redis://", "rediss://", "unix://", "redis+unix://", "env:"].iter().any(|p| t.starts_with(p)));
     if to_server.is_none() && a.to_dir.is_none() {
         return Ok(None);
     }
@@ -1120,11 +1188,15 @@ async fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
             }
         }
         // Newest recoverable point: the snapshot, or the WAL archived after a base backup.
-        let mut recoverable = newest_primary.map(|m| if m.mode.as_deref() == Some("physical") { m.finished } else { m.started });
+        let mut recoverable =
+            newest_primary.map(|m| if m.mode.as_deref() == Some("physical") { m.finished } else { m.started });
         let mut wal_info = serde_json::Value::Null;
         if job.kind == JobKind::Postgres && (job.wal_archiving || job.mode.as_deref() == Some("physical")) {
             let archived = wal::list(&primary, &job.name).await?;
-            let base = primary_metas.iter().filter(|m| m.name == job.name && m.mode.as_deref() == Some("physical")).max_by_key(|m| m.started);
+            let base = primary_metas
+                .iter()
+                .filter(|m| m.name == job.name && m.mode.as_deref() == Some("physical"))
+                .max_by_key(|m| m.started);
             match (base, keys.can_read()) {
                 (Some(b), true) => {
                     let m = primary.load_manifest(&keys, &b.id).await?;
@@ -1138,12 +1210,19 @@ async fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
                 }
                 (Some(_), false) => {
                     // Without the identity we cannot read the base backup's start segment: assume no hole.
-                    if let Some(last) = archived.iter().filter(|h| h.pushed_at >= base.map(|b| b.started).unwrap_or(now)).map(|h| h.pushed_at).max() {
+                    if let Some(last) = archived
+                        .iter()
+                        .filter(|h| h.pushed_at >= base.map(|b| b.started).unwrap_or(now))
+                        .map(|h| h.pushed_at)
+                        .max()
+                    {
                         recoverable = recoverable.max(Some(last));
                     }
                     wal_info = serde_json::json!({"files": archived.len(), "note": "continuity not checked (needs --identity)"});
                 }
-                (None, _) => wal_info = serde_json::json!({"files": archived.len(), "note": "no physical base backup yet: WAL alone cannot be restored"}),
+                (None, _) => {
+                    wal_info = serde_json::json!({"files": archived.len(), "note": "no physical base backup yet: WAL alone cannot be restored"})
+                }
             }
         }
         let rpo_target = job.rpo.as_deref().and_then(|r| lifeboat::schedule::parse_duration(r).ok());
@@ -1162,20 +1241,36 @@ async fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
     if json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
-        let fmt = |s: Option<i64>| s.map(|s| lifeboat::schedule::fmt_duration(chrono::Duration::seconds(s))).unwrap_or_else(|| "-".into());
-        println!("{:<22} {:<12} {:<10} {:<20} {:>14} {:>12}", "job / region", "", "snapshot", "newest (UTC)", "age", "lag");
+        let fmt = |s: Option<i64>| {
+            s.map(|s| lifeboat::schedule::fmt_duration(chrono::Duration::seconds(s))).unwrap_or_else(|| "-".into())
+        };
+        println!(
+            "{:<22} {:<12} {:<10} {:<20} {:>14} {:>12}",
+            "job / region", "", "snapshot", "newest (UTC)", "age", "lag"
+        );
         for r in &rows {
             println!(
                 "{:<22} recoverable: {} (rpo {} vs target {}{})",
                 r["job"].as_str().unwrap_or(""),
-                r["newest_recoverable_point"].as_str().map(|s| s.chars().take(19).collect::<String>()).unwrap_or_else(|| "never".into()),
+                r["newest_recoverable_point"]
+                    .as_str()
+                    .map(|s| s.chars().take(19).collect::<String>())
+                    .unwrap_or_else(|| "never".into()),
                 fmt(r["achieved_rpo_secs"].as_i64()),
                 r["rpo_target"].as_str().unwrap_or("-"),
-                match r["rpo_met"].as_bool() { Some(true) => ", met", Some(false) => ", MISSED", None => "" }
+                match r["rpo_met"].as_bool() {
+                    Some(true) => ", met",
+                    Some(false) => ", MISSED",
+                    None => "",
+                }
             );
             for g in r["regions"].as_array().into_iter().flatten() {
                 if let Some(e) = g["error"].as_str() {
-                    println!("  {:<20} {:<12} ERROR: {e}", g["repository"].as_str().unwrap_or(""), g["region"].as_str().unwrap_or(""));
+                    println!(
+                        "  {:<20} {:<12} ERROR: {e}",
+                        g["repository"].as_str().unwrap_or(""),
+                        g["region"].as_str().unwrap_or("")
+                    );
                     continue;
                 }
                 println!(
@@ -1183,7 +1278,10 @@ async fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
                     g["repository"].as_str().unwrap_or(""),
                     g["region"].as_str().unwrap_or(""),
                     g["newest_snapshot"].as_str().map(|s| &s[..8]).unwrap_or("none"),
-                    g["newest_time"].as_str().map(|s| s.chars().take(19).collect::<String>()).unwrap_or_else(|| "-".into()),
+                    g["newest_time"]
+                        .as_str()
+                        .map(|s| s.chars().take(19).collect::<String>())
+                        .unwrap_or_else(|| "-".into()),
                     fmt(g["age_secs"].as_i64()),
                     fmt(g["replication_lag_secs"].as_i64())
                 );
@@ -1201,11 +1299,14 @@ async fn any_keys(repo: &Repository, write_key: Option<&Path>, identity: &Identi
     write_keys(repo, write_key, identity).await
 }
 
-fn retention_groups(job: &lifeboat::policy::JobSpec) -> Result<Option<Vec<(Option<String>, lifeboat::retention::RetentionRules)>>> {
+fn retention_groups(
+    job: &lifeboat::policy::JobSpec,
+) -> Result<Option<Vec<(Option<String>, lifeboat::retention::RetentionRules)>>> {
     let mut groups = Vec::new();
     if let Some(tags) = &job.tag_retention {
         for (tag, v) in tags {
-            let t = v.as_table().ok_or_else(|| anyhow::anyhow!("job {}: tag_retention.{tag} must be a table", job.name))?;
+            let t =
+                v.as_table().ok_or_else(|| anyhow::anyhow!("job {}: tag_retention.{tag} must be a table", job.name))?;
             groups.push((Some(tag.clone()), lifeboat::retention::RetentionRules::from_table(t)?));
         }
     }
@@ -1234,8 +1335,20 @@ async fn forget_cmd(a: ForgetArgs, json: bool) -> Result<ExitCode> {
         for r in &reports {
             println!("job {}:", r.job);
             for d in &r.decisions {
-                let verdict = if d.keep { "keep  " } else if a.dry_run { "would remove" } else { "remove" };
-                println!("  {} {}  {}  {}", verdict, &d.id[..8.min(d.id.len())], d.time.format("%Y-%m-%d %H:%M"), d.reasons.join(", "));
+                let verdict = if d.keep {
+                    "keep  "
+                } else if a.dry_run {
+                    "would remove"
+                } else {
+                    "remove"
+                };
+                println!(
+                    "  {} {}  {}  {}",
+                    verdict,
+                    &d.id[..8.min(d.id.len())],
+                    d.time.format("%Y-%m-%d %H:%M"),
+                    d.reasons.join(", ")
+                );
             }
             if !r.locked.is_empty() {
                 println!("  {} snapshot(s) are still under Object Lock and stay until it expires", r.locked.len());
@@ -1271,7 +1384,10 @@ async fn prune_cmd(a: PruneArgs, json: bool) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-async fn replicate_all(policy: &Policy, repo: &Repository) -> Vec<(String, String, Result<lifeboat::replicate::ReplicationReport>)> {
+async fn replicate_all(
+    policy: &Policy,
+    repo: &Repository,
+) -> Vec<(String, String, Result<lifeboat::replicate::ReplicationReport>)> {
     let mut out = Vec::new();
     for r in policy.repositories.iter().skip(1) {
         let res = match r.repo_url() {
@@ -1314,7 +1430,9 @@ async fn replicate_cmd(a: PolicyArgs, json: bool) -> Result<ExitCode> {
             Err(e) => {
                 failed += 1;
                 eprintln!("error: replication to {name} ({region}) failed: {e:#}");
-                rows.push(serde_json::json!({"replica": name, "region": region, "ok": false, "error": format!("{e:#}")}));
+                rows.push(
+                    serde_json::json!({"replica": name, "region": region, "ok": false, "error": format!("{e:#}")}),
+                );
             }
         }
     }
@@ -1328,10 +1446,15 @@ type Steps = Vec<(String, std::result::Result<String, String>)>;
 
 /// The newest point a job can be restored to: its newest snapshot, or for
 /// PostgreSQL with WAL archiving the newest archived WAL after a base backup.
-async fn newest_recoverable(repo: &Repository, keys: &Keys, job: &lifeboat::policy::JobSpec) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
+async fn newest_recoverable(
+    repo: &Repository,
+    keys: &Keys,
+    job: &lifeboat::policy::JobSpec,
+) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
     let metas = repo.snapshot_metas(keys).await?;
     let mine: Vec<_> = metas.iter().filter(|m| m.name == job.name).collect();
-    let mut point = mine.iter().map(|m| if m.mode.as_deref() == Some("physical") { m.finished } else { m.started }).max();
+    let mut point =
+        mine.iter().map(|m| if m.mode.as_deref() == Some("physical") { m.finished } else { m.started }).max();
     if job.kind == JobKind::Postgres && job.wal_archiving {
         if let Some(base) = mine.iter().filter(|m| m.mode.as_deref() == Some("physical")).map(|m| m.started).max() {
             let last = wal::list(repo, &job.name).await?.into_iter().map(|h| h.pushed_at).filter(|t| *t >= base).max();
@@ -1353,7 +1476,11 @@ async fn run_once(
     let started = chrono::Utc::now();
     let clock = std::time::Instant::now();
     let mut steps: Vec<(String, std::result::Result<String, String>)> = Vec::new();
-    let mut metrics = lifeboat::metrics::JobMetrics { job: job.name.clone(), last_run_timestamp: started.timestamp() as f64, ..Default::default() };
+    let mut metrics = lifeboat::metrics::JobMetrics {
+        job: job.name.clone(),
+        last_run_timestamp: started.timestamp() as f64,
+        ..Default::default()
+    };
 
     // 1. Backup.
     let backup = backup_job(repo, keys, job, extra_tags).await;
@@ -1363,7 +1490,15 @@ async fn run_once(
             metrics.bytes_read = m.stats.bytes_read;
             metrics.bytes_stored_new = m.stats.bytes_new_stored;
             metrics.bytes_new_raw = m.stats.bytes_new_raw;
-            steps.push(("backup".into(), Ok(format!("snapshot {} ({} read, {} stored)", m.short_id(), human(m.stats.bytes_read), human(m.stats.bytes_new_stored)))));
+            steps.push((
+                "backup".into(),
+                Ok(format!(
+                    "snapshot {} ({} read, {} stored)",
+                    m.short_id(),
+                    human(m.stats.bytes_read),
+                    human(m.stats.bytes_new_stored)
+                )),
+            ));
         }
         Err(e) => steps.push(("backup".into(), Err(format!("{e:#}")))),
     }
@@ -1391,15 +1526,18 @@ async fn run_once(
     }
     // 3. Retention.
     match retention_groups(job) {
-        Ok(Some(groups)) => match lifeboat::prune::forget(repo, keys, &job.name, &groups, chrono::Utc::now(), false).await {
-            Ok(r) => steps.push(("retention".into(), Ok(format!("{} snapshot(s) removed", r.removed.len())))),
-            Err(e) => steps.push(("retention".into(), Err(format!("{e:#}")))),
-        },
+        Ok(Some(groups)) => {
+            match lifeboat::prune::forget(repo, keys, &job.name, &groups, chrono::Utc::now(), false).await {
+                Ok(r) => steps.push(("retention".into(), Ok(format!("{} snapshot(s) removed", r.removed.len())))),
+                Err(e) => steps.push(("retention".into(), Err(format!("{e:#}")))),
+            }
+        }
         Ok(None) => {}
         Err(e) => steps.push(("retention".into(), Err(format!("{e:#}")))),
     }
     // 4. Metrics and alerts.
-    let failed: Vec<(String, std::result::Result<String, String>)> = steps.iter().filter(|(_, r)| r.is_err()).cloned().collect();
+    let failed: Vec<(String, std::result::Result<String, String>)> =
+        steps.iter().filter(|(_, r)| r.is_err()).cloned().collect();
     metrics.success = failed.is_empty();
     metrics.failures_total = u64::from(!failed.is_empty());
     metrics.duration_secs = clock.elapsed().as_secs_f64();
@@ -1415,7 +1553,11 @@ async fn run_once(
         }
         let mut alerts_to_send = Vec::new();
         if !failed.is_empty() {
-            let reason = failed.iter().map(|(s, r)| format!("{s}: {}", r.as_ref().err().cloned().unwrap_or_default())).collect::<Vec<_>>().join("; ");
+            let reason = failed
+                .iter()
+                .map(|(s, r)| format!("{s}: {}", r.as_ref().err().cloned().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join("; ");
             alerts_to_send.push(lifeboat::metrics::Alert {
                 text: format!(":rotating_light: lifeboat job *{}* failed: {reason}", job.name),
                 job: job.name.clone(),
@@ -1477,7 +1619,10 @@ async fn run_job(a: RunArgs, json: bool) -> Result<ExitCode> {
                 Err(e) => serde_json::json!({"step": s, "ok": false, "error": e}),
             })
             .collect();
-        println!("{}", serde_json::json!({"job": job.name, "ok": failed_names.is_empty(), "steps": rows, "metrics": metrics}));
+        println!(
+            "{}",
+            serde_json::json!({"job": job.name, "ok": failed_names.is_empty(), "steps": rows, "metrics": metrics})
+        );
     } else {
         for (s, r) in &steps {
             match r {
@@ -1516,7 +1661,10 @@ async fn daemon(a: DaemonArgs) -> Result<ExitCode> {
     let catch_up = settings.catch_up.as_deref().unwrap_or("once") == "once";
     let listen = settings.listen.clone().unwrap_or_else(|| "127.0.0.1:9184".into());
     let state_path = a.state_file.clone().unwrap_or_else(|| {
-        let base = std::env::var_os("XDG_STATE_HOME").map(PathBuf::from).or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state"))).unwrap_or_else(std::env::temp_dir);
+        let base = std::env::var_os("XDG_STATE_HOME")
+            .map(PathBuf::from)
+            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")))
+            .unwrap_or_else(std::env::temp_dir);
         base.join("lifeboat/daemon-state.json")
     });
     let mut state: HashMap<String, chrono::DateTime<chrono::Utc>> =
@@ -1525,7 +1673,8 @@ async fn daemon(a: DaemonArgs) -> Result<ExitCode> {
     let mut schedules = Vec::new();
     for job in &policy.jobs {
         if let Some(expr) = &job.schedule {
-            let s = lifeboat::schedule::Schedule::parse(expr, job.timezone.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
+            let s =
+                lifeboat::schedule::Schedule::parse(expr, job.timezone.as_deref()).map_err(|e| anyhow::anyhow!(e))?;
             schedules.push((job.clone(), s));
         }
     }
@@ -1536,7 +1685,8 @@ async fn daemon(a: DaemonArgs) -> Result<ExitCode> {
     let metrics: Arc<Mutex<HashMap<String, lifeboat::metrics::JobMetrics>>> = Arc::default();
     let failures: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
     // /metrics and /healthz.
-    let listener = tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
+    let listener =
+        tokio::net::TcpListener::bind(&listen).await.with_context(|| format!("cannot listen on {listen}"))?;
     eprintln!("lifeboat daemon: {} scheduled job(s); metrics on http://{listen}/metrics", schedules.len());
     {
         let metrics = metrics.clone();
@@ -1558,7 +1708,10 @@ async fn daemon(a: DaemonArgs) -> Result<ExitCode> {
                         }
                         _ => ("404 Not Found", "text/plain", "not found\n".to_string()),
                     };
-                    let resp = format!("HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}", body.len());
+                    let resp = format!(
+                        "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
                     let _ = sock.write_all(resp.as_bytes()).await;
                 });
             }
@@ -1582,7 +1735,8 @@ async fn daemon(a: DaemonArgs) -> Result<ExitCode> {
         .collect();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
-        let (i, when) = next.iter().enumerate().min_by_key(|(_, t)| **t).map(|(i, t)| (i, *t)).expect("at least one schedule");
+        let (i, when) =
+            next.iter().enumerate().min_by_key(|(_, t)| **t).map(|(i, t)| (i, *t)).expect("at least one schedule");
         let wait = (when - chrono::Utc::now()).to_std().unwrap_or_default();
         tokio::select! {
             _ = term.recv() => break,
@@ -1590,7 +1744,9 @@ async fn daemon(a: DaemonArgs) -> Result<ExitCode> {
             _ = tokio::time::sleep(wait) => {}
         }
         let (job, sched) = schedules[i].clone();
-        next[i] = sched.next_after(when.max(chrono::Utc::now() - chrono::Duration::milliseconds(1))).unwrap_or(when + chrono::Duration::days(3650));
+        next[i] = sched
+            .next_after(when.max(chrono::Utc::now() - chrono::Duration::milliseconds(1)))
+            .unwrap_or(when + chrono::Duration::days(3650));
         state.insert(job.name.clone(), when);
         if let Some(dir) = state_path.parent() {
             let _ = std::fs::create_dir_all(dir);
@@ -1602,7 +1758,8 @@ async fn daemon(a: DaemonArgs) -> Result<ExitCode> {
                 tracing::warn!(job = %job.name, "previous run still going; skipping this one (no overlapping runs)");
                 continue;
             }
-            let (policy, repo, keys, sem, metrics, failures) = (policy.clone(), repo.clone(), keys.clone(), sem.clone(), metrics.clone(), failures.clone());
+            let (policy, repo, keys, sem, metrics, failures) =
+                (policy.clone(), repo.clone(), keys.clone(), sem.clone(), metrics.clone(), failures.clone());
             let name = job.name.clone();
             let job_name = job.name.clone();
             let handle = tokio::spawn(async move {
@@ -1651,6 +1808,9 @@ fn rand_below(n: u64) -> u64 {
     if n == 0 {
         return 0;
     }
-    let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos() as u64).unwrap_or(0);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos() as u64)
+        .unwrap_or(0);
     t % n
 }

@@ -56,7 +56,11 @@ pub fn encode(jobs: &[JobMetrics]) -> String {
     let failures = fam(&mut reg, "failures", "Failed runs since the process started (CronJob mode: 0 or 1)");
     let up = fam(&mut reg, "last_run_success", "1 if the last run succeeded");
     let lag = Family::<RegionLabel, G>::default();
-    reg.register("replication_lag_seconds", "How far the replica lagged behind the primary before replication", lag.clone());
+    reg.register(
+        "replication_lag_seconds",
+        "How far the replica lagged behind the primary before replication",
+        lag.clone(),
+    );
     for j in jobs {
         let l = JobLabel { job: j.job.clone() };
         if let Some(t) = j.last_success_timestamp {
@@ -66,7 +70,11 @@ pub fn encode(jobs: &[JobMetrics]) -> String {
         duration.get_or_create(&l).set(j.duration_secs);
         read.get_or_create(&l).set(j.bytes_read as f64);
         stored.get_or_create(&l).set(j.bytes_stored_new as f64);
-        dedup.get_or_create(&l).set(if j.bytes_new_raw > 0 { j.bytes_read as f64 / j.bytes_new_raw as f64 } else { 0.0 });
+        dedup.get_or_create(&l).set(if j.bytes_new_raw > 0 {
+            j.bytes_read as f64 / j.bytes_new_raw as f64
+        } else {
+            0.0
+        });
         failures.get_or_create(&l).set(j.failures_total as f64);
         up.get_or_create(&l).set(if j.success { 1.0 } else { 0.0 });
         for (region, secs) in &j.replication_lag_secs {

@@ -189,7 +189,10 @@ impl JobSpec {
 
     /// The connection string, resolved from `env:` / `file:`.
     pub fn connection(&self) -> Result<String> {
-        let r = self.url.as_deref().ok_or_else(|| Error::Policy(format!("job {:?} has no url = \"env:NAME\"", self.name)))?;
+        let r = self
+            .url
+            .as_deref()
+            .ok_or_else(|| Error::Policy(format!("job {:?} has no url = \"env:NAME\"", self.name)))?;
         resolve_secret(r)
     }
 }
@@ -258,7 +261,10 @@ impl Policy {
                 return Err(err(&j.name, format!("job {:?} is defined twice", j.name)));
             }
             if matches!(j.kind, JobKind::Postgres | JobKind::Redis) && j.url.is_none() {
-                return Err(err(&j.name, format!("job {:?} needs url = \"env:NAME\" (or file:PATH) for its connection", j.name)));
+                return Err(err(
+                    &j.name,
+                    format!("job {:?} needs url = \"env:NAME\" (or file:PATH) for its connection", j.name),
+                ));
             }
             if let Some(m) = &j.mode {
                 let ok = match j.kind {
@@ -267,11 +273,15 @@ impl Policy {
                     _ => false,
                 };
                 if !ok {
-                    return Err(err(m, format!("job {:?}: mode {m:?} is not valid for kind {:?}", j.name, j.kind.as_str())));
+                    return Err(err(
+                        m,
+                        format!("job {:?}: mode {m:?} is not valid for kind {:?}", j.name, j.kind.as_str()),
+                    ));
                 }
             }
             if let Some(sch) = &j.schedule {
-                crate::schedule::Schedule::parse(sch, j.timezone.as_deref()).map_err(|e| err(sch, format!("job {:?}: {e}", j.name)))?;
+                crate::schedule::Schedule::parse(sch, j.timezone.as_deref())
+                    .map_err(|e| err(sch, format!("job {:?}: {e}", j.name)))?;
             }
             for d in [&j.rpo, &j.rto].into_iter().flatten() {
                 crate::schedule::parse_duration(d).map_err(|e| err(d, format!("job {:?}: {e}", j.name)))?;
@@ -281,10 +291,13 @@ impl Policy {
             }
             if let Some(u) = &j.url {
                 if !(u.starts_with("env:") || u.starts_with("file:")) {
-                    return Err(err(u, format!(
-                        "job {:?}: url must be env:NAME or file:PATH so that no secret sits in the policy",
-                        j.name
-                    )));
+                    return Err(err(
+                        u,
+                        format!(
+                            "job {:?}: url must be env:NAME or file:PATH so that no secret sits in the policy",
+                            j.name
+                        ),
+                    ));
                 }
             }
         }

@@ -36,7 +36,8 @@ pub async fn forget(
     now: chrono::DateTime<chrono::Utc>,
     dry_run: bool,
 ) -> Result<ForgetReport> {
-    let metas: Vec<repo::SnapshotMeta> = repo.snapshot_metas(keys).await?.into_iter().filter(|m| m.name == job).collect();
+    let metas: Vec<repo::SnapshotMeta> =
+        repo.snapshot_metas(keys).await?.into_iter().filter(|m| m.name == job).collect();
     let infos: Vec<SnapshotInfo> =
         metas.iter().map(|m| SnapshotInfo { id: m.id.clone(), time: m.started, tags: m.tags.clone() }).collect();
     let decisions = retention::plan_grouped(&infos, groups, now);
@@ -96,7 +97,8 @@ async fn prune_locked(repo: &Repository, keys: &Keys, grace: chrono::Duration, d
     for o in &index_objs {
         let ct = repo.backend.get(&o.key).await?;
         let pt = crate::crypto::decrypt_one(&keys.index_identity, &o.key, &ct)?;
-        let f: IndexFile = serde_json::from_slice(&pt).map_err(|e| Error::Corrupt { what: o.key.clone(), detail: e.to_string() })?;
+        let f: IndexFile =
+            serde_json::from_slice(&pt).map_err(|e| Error::Corrupt { what: o.key.clone(), detail: e.to_string() })?;
         files.push((o.key.clone(), f));
     }
     let mut indexed: HashSet<ChunkId> = HashSet::new();

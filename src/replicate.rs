@@ -78,7 +78,11 @@ pub async fn replicate(primary: &Repository, replica_url: &RepoUrl, replica_name
     };
     let now = chrono::Utc::now();
     let missing_snaps: Vec<ObjectMeta> = snapshots.into_iter().filter(|o| have.get(&o.key) != Some(&o.size)).collect();
-    let lag = missing_snaps.iter().filter_map(|o| o.modified).map(|t| (now - t).num_milliseconds() as f64 / 1000.0).fold(0.0, f64::max);
+    let lag = missing_snaps
+        .iter()
+        .filter_map(|o| o.modified)
+        .map(|t| (now - t).num_milliseconds() as f64 / 1000.0)
+        .fold(0.0, f64::max);
     let missing_data: Vec<ObjectMeta> = data.into_iter().filter(|o| have.get(&o.key) != Some(&o.size)).collect();
 
     let copied = Arc::new(AtomicU64::new(0));

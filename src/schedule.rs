@@ -20,14 +20,20 @@ impl Schedule {
     pub fn parse(expr: &str, tz: Option<&str>) -> Result<Schedule, String> {
         let tz: Tz = match tz {
             None => Tz::UTC,
-            Some(name) => name.parse().map_err(|_| format!("unknown time zone {name:?} (use an IANA name like Europe/Berlin)"))?,
+            Some(name) => {
+                name.parse().map_err(|_| format!("unknown time zone {name:?} (use an IANA name like Europe/Berlin)"))?
+            }
         };
         let fields = expr.split_whitespace().count();
         let full = match fields {
             5 => format!("0 {expr}"),
             1 if expr.starts_with('@') => expr.to_string(),
             6 | 7 => expr.to_string(),
-            _ => return Err(format!("schedule {expr:?} is not a cron expression (5 fields: minute hour day month weekday)")),
+            _ => {
+                return Err(format!(
+                    "schedule {expr:?} is not a cron expression (5 fields: minute hour day month weekday)"
+                ));
+            }
         };
         let inner = cron::Schedule::from_str(&full).map_err(|e| format!("schedule {expr:?}: {e}"))?;
         Ok(Schedule { expr: expr.to_string(), inner, tz })
@@ -40,20 +46,26 @@ impl Schedule {
 
     /// Runs in `(from, to]`.
     pub fn runs_between(&self, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
-        self.inner.after(&from.with_timezone(&self.tz)).map(|d| d.with_timezone(&Utc)).take_while(|d| *d <= to).collect()
+        self.inner
+            .after(&from.with_timezone(&self.tz))
+            .map(|d| d.with_timezone(&Utc))
+            .take_while(|d| *d <= to)
+            .collect()
     }
 
     /// The longest gap between consecutive runs over the coming year: the
     /// best RPO this schedule alone can promise.
     pub fn max_interval(&self, from: DateTime<Utc>) -> chrono::Duration {
-        let runs: Vec<DateTime<Utc>> = self.inner.after(&from.with_timezone(&self.tz)).take(2000).map(|d| d.with_timezone(&Utc)).collect();
+        let runs: Vec<DateTime<Utc>> =
+            self.inner.after(&from.with_timezone(&self.tz)).take(2000).map(|d| d.with_timezone(&Utc)).collect();
         runs.windows(2).map(|w| w[1] - w[0]).max().unwrap_or_else(|| chrono::Duration::days(365))
     }
 }
 
 /// Parse `15m`, `6h`, `7d`, `1h30m` into a duration.
 pub fn parse_duration(s: &str) -> Result<chrono::Duration, String> {
-    let d = humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 15m, 6h or 7d: {e}"))?;
+    let d =
+        humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 15m, 6h or 7d: {e}"))?;
     chrono::Duration::from_std(d).map_err(|e| e.to_string())
 }
 

@@ -88,10 +88,8 @@ fn write_credential_can_back_up_but_not_read() {
     let data = text_dump(5, 1 << 20);
     let id = f.backup("w", &data);
     // Restoring, listing and checking with the write credential all fail clearly.
-    for args in [
-        vec!["restore", "--repo", &f.repo, &id, "--to", "-"],
-        vec!["check", "--repo", &f.repo, "--read-data"],
-    ] {
+    for args in [vec!["restore", "--repo", &f.repo, &id, "--to", "-"], vec!["check", "--repo", &f.repo, "--read-data"]]
+    {
         let out = bin().args(&args).env("LIFEBOAT_WRITE_KEY_FILE", f.wk()).output().unwrap();
         assert_eq!(out.status.code(), Some(1), "{args:?}");
         let e = stderr(&out);
@@ -104,7 +102,8 @@ fn write_credential_can_back_up_but_not_read() {
     assert!(stderr(&out).contains("is a write credential"), "{}", stderr(&out));
     assert!(out.stdout.is_empty());
     // Listing summaries works with the credential; the manifests' contents do not leak.
-    let out = bin().args(["--json", "snapshots", "--repo", &f.repo]).env("LIFEBOAT_WRITE_KEY_FILE", f.wk()).output().unwrap();
+    let out =
+        bin().args(["--json", "snapshots", "--repo", &f.repo]).env("LIFEBOAT_WRITE_KEY_FILE", f.wk()).output().unwrap();
     let list: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
     assert_eq!(list[0]["name"], "w");
     assert!(list[0].get("source").is_none() && list[0].get("streams").is_none(), "{}", stdout(&out));
@@ -151,7 +150,13 @@ command = "echo partial; exit 3"
     let dest = f.dir.path().join("restored");
     std::fs::create_dir_all(&dest).unwrap();
     ok(&run(&[
-        "restore", "--repo", &f.repo, "--identity", f.id(), &id, "--to-command",
+        "restore",
+        "--repo",
+        &f.repo,
+        "--identity",
+        f.id(),
+        &id,
+        "--to-command",
         &format!("tar -C {} -x", dest.display()),
     ]));
     assert_eq!(std::fs::read(dest.join("a.txt")).unwrap(), std::fs::read(src.join("a.txt")).unwrap());
@@ -178,9 +183,13 @@ command = "echo partial; exit 3"
 fn snapshots_lists_json_and_text() {
     let f = Fixture::local();
     f.backup("a", b"first");
-    let out = run_stdin(&["backup", "--repo", &f.repo, "--write-key", f.wk(), "--stdin", "--name", "b", "--tag", "manual"], b"second");
+    let out = run_stdin(
+        &["backup", "--repo", &f.repo, "--write-key", f.wk(), "--stdin", "--name", "b", "--tag", "manual"],
+        b"second",
+    );
     ok(&out);
-    let js: serde_json::Value = serde_json::from_str(&ok(&run(&["--json", "snapshots", "--repo", &f.repo, "--identity", f.id()]))).unwrap();
+    let js: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["--json", "snapshots", "--repo", &f.repo, "--identity", f.id()]))).unwrap();
     let arr = js.as_array().unwrap();
     assert_eq!(arr.len(), 2);
     assert_eq!(arr[1]["name"], "b");

@@ -43,7 +43,10 @@ fn missing_repository() {
     let out = run(&["snapshots", "--repo", repo.to_str().unwrap(), "--identity", "/dev/null"]);
     fails_cleanly(&out, 1, "no lifeboat repository at");
     assert!(stderr(&out).contains("lifeboat init"), "says what to do next");
-    let out = run_stdin(&["backup", "--repo", repo.to_str().unwrap(), "--write-key", "/dev/null", "--stdin", "--name", "x"], b"data");
+    let out = run_stdin(
+        &["backup", "--repo", repo.to_str().unwrap(), "--write-key", "/dev/null", "--stdin", "--name", "x"],
+        b"data",
+    );
     fails_cleanly(&out, 1, "no lifeboat repository at");
     assert!(!repo.exists(), "a failed backup must not create anything");
 }
@@ -71,7 +74,12 @@ fn unreachable_s3_endpoint() {
     let rcpt = ok(&run(&["key", "generate", "--output", id.to_str().unwrap()])).trim().to_string();
     let url = "s3://some-bucket/x?region=us-east-1&endpoint=http://127.0.0.1:1&allow_http=true";
     let t = Instant::now();
-    let out = bin().args(["init", "--repo", url, "--recipient", &rcpt]).env("AWS_ACCESS_KEY_ID", "x").env("AWS_SECRET_ACCESS_KEY", "y").output().unwrap();
+    let out = bin()
+        .args(["init", "--repo", url, "--recipient", &rcpt])
+        .env("AWS_ACCESS_KEY_ID", "x")
+        .env("AWS_SECRET_ACCESS_KEY", "y")
+        .output()
+        .unwrap();
     fails_cleanly(&out, 1, "cannot reach http://127.0.0.1:1");
     assert!(t.elapsed() < Duration::from_secs(60), "gave up in {:?}", t.elapsed());
 }
@@ -141,7 +149,11 @@ fn corrupted_pack_is_detected_and_names_the_snapshot() {
     let out = run(&["restore", "--repo", &f.repo, "--identity", f.id(), &id, "--to", target.to_str().unwrap()]);
     fails_cleanly(&out, 1, "is corrupt");
     assert!(!target.exists(), "no partial restore file is left behind");
-    let leftovers: Vec<_> = std::fs::read_dir(f.dir.path()).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().starts_with(".lifeboat-restore")).collect();
+    let leftovers: Vec<_> = std::fs::read_dir(f.dir.path())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".lifeboat-restore"))
+        .collect();
     assert!(leftovers.is_empty());
     assert_eq!(before, tree_state(&f.repo_path()));
 }
@@ -203,7 +215,11 @@ fn credential_of_another_repository() {
 fn malformed_policy_names_file_line_column() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("bad.toml");
-    std::fs::write(&p, "[[repository]]\nname = \"a\"\nurl = \"/tmp/r\"\n\n[[job]]\nname = \"j\"\nkind = \"postgress\"\n").unwrap();
+    std::fs::write(
+        &p,
+        "[[repository]]\nname = \"a\"\nurl = \"/tmp/r\"\n\n[[job]]\nname = \"j\"\nkind = \"postgress\"\n",
+    )
+    .unwrap();
     let out = run(&["policy", "check", p.to_str().unwrap()]);
     fails_cleanly(&out, 1, &format!("{}:7:8", p.display()));
     let out = run(&["backup", "--policy", p.to_str().unwrap(), "j"]);

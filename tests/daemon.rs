@@ -40,7 +40,15 @@ fn daemon_runs_on_time_without_overlap_and_stops_cleanly() {
     .unwrap();
     let state = f.dir.path().join("state.json");
     let mut child = bin()
-        .args(["daemon", "--policy", policy.to_str().unwrap(), "--write-key", f.wk(), "--state-file", state.to_str().unwrap()])
+        .args([
+            "daemon",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--write-key",
+            f.wk(),
+            "--state-file",
+            state.to_str().unwrap(),
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -62,7 +70,13 @@ fn daemon_runs_on_time_without_overlap_and_stops_cleanly() {
     let metrics = http_get(&addr, "/metrics");
     let body = metrics.split("\r\n\r\n").nth(1).unwrap().to_string();
     let scrape = prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string()))).expect("Prometheus text");
-    assert!(scrape.samples.iter().any(|s| s.metric == "lifeboat_last_success_timestamp_seconds" && s.labels.get("job") == Some("tick")), "{body}");
+    assert!(
+        scrape
+            .samples
+            .iter()
+            .any(|s| s.metric == "lifeboat_last_success_timestamp_seconds" && s.labels.get("job") == Some("tick")),
+        "{body}"
+    );
 
     let snaps_before_term = std::fs::read_dir(f.repo_path().join("snapshots")).unwrap().count();
     assert!(std::process::Command::new("kill").args(["-TERM", &child.id().to_string()]).status().unwrap().success());
@@ -77,10 +91,13 @@ fn daemon_runs_on_time_without_overlap_and_stops_cleanly() {
 
     // Runs never overlapped, and each started on an even second.
     let text = std::fs::read_to_string(&log).unwrap();
-    let events: Vec<(String, f64)> = text.lines().map(|l| {
-        let mut p = l.split_whitespace();
-        (p.next().unwrap().to_string(), p.next().unwrap().parse().unwrap())
-    }).collect();
+    let events: Vec<(String, f64)> = text
+        .lines()
+        .map(|l| {
+            let mut p = l.split_whitespace();
+            (p.next().unwrap().to_string(), p.next().unwrap().parse().unwrap())
+        })
+        .collect();
     let mut open = false;
     for (kind, t) in &events {
         match kind.as_str() {

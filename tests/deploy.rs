@@ -16,7 +16,9 @@ fn check_docs(yaml: &str, what: &str) -> Vec<CronJob> {
         }
         let kind = v["kind"].as_str().unwrap_or_else(|| panic!("{what}: document without kind"));
         match kind {
-            "CronJob" => cronjobs.push(serde_yaml::from_value::<CronJob>(v).unwrap_or_else(|e| panic!("{what}: CronJob: {e}"))),
+            "CronJob" => {
+                cronjobs.push(serde_yaml::from_value::<CronJob>(v).unwrap_or_else(|e| panic!("{what}: CronJob: {e}")))
+            }
             "ServiceAccount" => {
                 serde_yaml::from_value::<ServiceAccount>(v).unwrap_or_else(|e| panic!("{what}: ServiceAccount: {e}"));
             }
@@ -55,7 +57,14 @@ fn assert_hardened(cj: &CronJob) {
 
 #[test]
 fn rendered_manifests_parse_and_are_hardened() {
-    let out = run(&["deploy", "render", "--policy", "policies/production.toml", "--service-account-annotation", "eks.amazonaws.com/role-arn=arn:aws:iam::1:role/x"]);
+    let out = run(&[
+        "deploy",
+        "render",
+        "--policy",
+        "policies/production.toml",
+        "--service-account-annotation",
+        "eks.amazonaws.com/role-arn=arn:aws:iam::1:role/x",
+    ]);
     let yaml = ok(&out);
     let cjs = check_docs(&yaml, "rendered");
     // Every scheduled job gets one; the unscheduled manual job none.
@@ -63,18 +72,31 @@ fn rendered_manifests_parse_and_are_hardened() {
     assert_eq!(names, ["lifeboat-orders-db", "lifeboat-orders-db-physical", "lifeboat-uploads"]);
     cjs.iter().for_each(assert_hardened);
     assert!(yaml.contains("eks.amazonaws.com/role-arn"));
-    let env = cjs[0].spec.as_ref().unwrap().job_template.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0].env.clone().unwrap();
+    let env =
+        cjs[0].spec.as_ref().unwrap().job_template.spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0]
+            .env
+            .clone()
+            .unwrap();
     assert!(env.iter().any(|e| e.name == "ORDERS_DATABASE_URL" && e.value_from.is_some()));
 }
 
 #[test]
 fn checked_in_manifests_parse_and_match_the_renderer() {
-    for path in ["deploy/base/lifeboat.yaml", "deploy/base/namespace.yaml", "deploy/overlays/example/serviceaccount-irsa.yaml"] {
+    for path in
+        ["deploy/base/lifeboat.yaml", "deploy/base/namespace.yaml", "deploy/overlays/example/serviceaccount-irsa.yaml"]
+    {
         let text = std::fs::read_to_string(path).unwrap();
         check_docs(&text, path).iter().for_each(assert_hardened);
     }
     // The base is exactly what the renderer makes of the production policy.
     let rendered = ok(&run(&["deploy", "render", "--policy", "deploy/base/policy.toml"]));
-    assert_eq!(std::fs::read_to_string("deploy/base/lifeboat.yaml").unwrap(), rendered, "deploy/base is stale: re-render it");
-    assert_eq!(std::fs::read_to_string("deploy/base/policy.toml").unwrap(), std::fs::read_to_string("policies/production.toml").unwrap());
+    assert_eq!(
+        std::fs::read_to_string("deploy/base/lifeboat.yaml").unwrap(),
+        rendered,
+        "deploy/base is stale: re-render it"
+    );
+    assert_eq!(
+        std::fs::read_to_string("deploy/base/policy.toml").unwrap(),
+        std::fs::read_to_string("policies/production.toml").unwrap()
+    );
 }

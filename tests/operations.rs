@@ -121,14 +121,25 @@ retention = {{ keep-last = 5 }}
     let lines: Vec<Result<String, std::io::Error>> = body.lines().map(|l| Ok(l.to_string())).collect();
     let scrape = prometheus_parse::Scrape::parse(lines.into_iter()).expect("valid Prometheus text");
     let names: Vec<&str> = scrape.samples.iter().map(|s| s.metric.as_str()).collect();
-    for m in ["lifeboat_last_success_timestamp_seconds", "lifeboat_last_run_bytes_read", "lifeboat_replication_lag_seconds", "lifeboat_last_run_dedup_ratio"] {
+    for m in [
+        "lifeboat_last_success_timestamp_seconds",
+        "lifeboat_last_run_bytes_read",
+        "lifeboat_replication_lag_seconds",
+        "lifeboat_last_run_dedup_ratio",
+    ] {
         assert!(names.contains(&m), "{m} missing from {names:?}");
     }
-    let regions: Vec<String> = scrape.samples.iter().filter(|s| s.metric == "lifeboat_replication_lag_seconds").map(|s| s.labels.get("region").unwrap().to_string()).collect();
+    let regions: Vec<String> = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "lifeboat_replication_lag_seconds")
+        .map(|s| s.labels.get("region").unwrap().to_string())
+        .collect();
     assert_eq!(regions.len(), 3, "{regions:?}");
 
     // status: every region has the snapshot, no lag.
-    let st: serde_json::Value = serde_json::from_str(&ok(&run(&["--json", "status", "--policy", &policy, "--write-key", f.wk()]))).unwrap();
+    let st: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["--json", "status", "--policy", &policy, "--write-key", f.wk()]))).unwrap();
     for r in st[0]["regions"].as_array().unwrap() {
         assert_eq!(r["newest_snapshot"].as_str(), Some(id.as_str()), "{r}");
         assert_eq!(r["replication_lag_secs"], 0, "{r}");
@@ -146,7 +157,11 @@ fn failed_run_says_which_step_and_calls_the_webhook() {
             f.repo
         ),
     );
-    let out = bin().args(["run", "--policy", &policy, "nightly-files", "--write-key", f.wk()]).env("HOOK", format!("{sink}/hooks/slack")).output().unwrap();
+    let out = bin()
+        .args(["run", "--policy", &policy, "nightly-files", "--write-key", f.wk()])
+        .env("HOOK", format!("{sink}/hooks/slack"))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("run nightly-files: backup failed"), "{}", stderr(&out));
     let (method, path, body) = rx.recv_timeout(Duration::from_secs(5)).expect("webhook not called");
@@ -164,18 +179,48 @@ fn interrupted_replication_resumes_without_recopying() {
     let dir = tempfile::tempdir().unwrap();
     let repo = dir.path().join("repo").display().to_string();
     let wk = dir.path().join("w.key");
-    ok(&run(&["init", "--repo", &repo, "--recipient", &f.recipient, "--write-key-out", wk.to_str().unwrap(), "--pack-size", "1M", "--chunk-size", "64K"]));
+    ok(&run(&[
+        "init",
+        "--repo",
+        &repo,
+        "--recipient",
+        &f.recipient,
+        "--write-key-out",
+        wk.to_str().unwrap(),
+        "--pack-size",
+        "1M",
+        "--chunk-size",
+        "64K",
+    ]));
     let data = random_bytes(77, 60 << 20);
-    ok(&run_stdin(&["backup", "--repo", &repo, "--write-key", wk.to_str().unwrap(), "--stdin", "--name", "big"], &data));
+    ok(&run_stdin(
+        &["backup", "--repo", &repo, "--write-key", wk.to_str().unwrap(), "--stdin", "--name", "big"],
+        &data,
+    ));
     let replica = dir.path().join("replica");
-    let policy = policy_file(dir.path(), &format!("[[repository]]\nname = \"p\"\nurl = \"{repo}\"\n\n[[repository]]\nname = \"r\"\nurl = \"{}\"\nregion = \"elsewhere\"\n", replica.display()));
-    let total_packs = std::fs::read_dir(format!("{repo}/packs")).unwrap().flatten().map(|d| std::fs::read_dir(d.path()).unwrap().count()).sum::<usize>();
+    let policy = policy_file(
+        dir.path(),
+        &format!(
+            "[[repository]]\nname = \"p\"\nurl = \"{repo}\"\n\n[[repository]]\nname = \"r\"\nurl = \"{}\"\nregion = \"elsewhere\"\n",
+            replica.display()
+        ),
+    );
+    let total_packs = std::fs::read_dir(format!("{repo}/packs"))
+        .unwrap()
+        .flatten()
+        .map(|d| std::fs::read_dir(d.path()).unwrap().count())
+        .sum::<usize>();
     assert!(total_packs >= 40, "{total_packs}");
 
     // Kill it once some packs have landed.
-    let mut child = bin().args(["replicate", "--policy", &policy]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        bin().args(["replicate", "--policy", &policy]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
-    let count = || std::fs::read_dir(replica.join("packs")).map(|d| d.flatten().map(|s| std::fs::read_dir(s.path()).map(|x| x.count()).unwrap_or(0)).sum::<usize>()).unwrap_or(0);
+    let count = || {
+        std::fs::read_dir(replica.join("packs"))
+            .map(|d| d.flatten().map(|s| std::fs::read_dir(s.path()).map(|x| x.count()).unwrap_or(0)).sum::<usize>())
+            .unwrap_or(0)
+    };
     while count() < 5 {
         assert!(Instant::now() < deadline, "replication did not start");
         std::thread::sleep(Duration::from_millis(5));
@@ -183,7 +228,9 @@ fn interrupted_replication_resumes_without_recopying() {
     child.kill().unwrap();
     child.wait().unwrap();
     // Objects, not staging files a killed writer may leave in .tmp/.
-    let objects = |d: &std::path::Path| tree_state(d).into_iter().filter(|(k, _, _)| !k.starts_with(".tmp") && !k.starts_with("locks")).count();
+    let objects = |d: &std::path::Path| {
+        tree_state(d).into_iter().filter(|(k, _, _)| !k.starts_with(".tmp") && !k.starts_with("locks")).count()
+    };
     let copied_before = objects(&replica);
     assert!(count() < total_packs, "replication finished before it could be interrupted");
     let snaps = replica.join("snapshots");
@@ -194,8 +241,13 @@ fn interrupted_replication_resumes_without_recopying() {
     let out = ok(&run(&["--json", "replicate", "--policy", &policy]));
     let rep: serde_json::Value = serde_json::from_str(&out).unwrap();
     let copied_now = rep[0]["report"]["objects_copied"].as_u64().unwrap() as usize;
-    assert_eq!(copied_before + copied_now, total, "only the missing objects are copied (before {copied_before}, now {copied_now}, total {total})");
-    let again: serde_json::Value = serde_json::from_str(&ok(&run(&["--json", "replicate", "--policy", &policy]))).unwrap();
+    assert_eq!(
+        copied_before + copied_now,
+        total,
+        "only the missing objects are copied (before {copied_before}, now {copied_now}, total {total})"
+    );
+    let again: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["--json", "replicate", "--policy", &policy]))).unwrap();
     assert_eq!(again[0]["report"]["objects_copied"], 1, "only the previous run's replication record is new");
     let out = run(&["restore", "--repo", replica.to_str().unwrap(), "--identity", f.id(), "latest", "--to", "-"]);
     ok(&out);
@@ -245,7 +297,9 @@ fn prune_and_backups_at_the_same_time() {
         assert!(f.restore(id) == *data, "snapshot {id} does not restore after prune");
     }
     // Prune really deleted the forgotten data.
-    let r: serde_json::Value = serde_json::from_str(&ok(&run(&["--json", "prune", "--repo", &f.repo, "--identity", f.id(), "--dry-run"]))).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["--json", "prune", "--repo", &f.repo, "--identity", f.id(), "--dry-run"])))
+            .unwrap();
     assert_eq!(r["packs_deleted"], 0);
 }
 
@@ -255,8 +309,16 @@ fn forget_applies_retention_and_explains() {
     for i in 0..4 {
         f.backup("job-a", format!("data {i}").as_bytes());
     }
-    let policy = policy_file(f.dir.path(), &format!("[[repository]]\nname = \"p\"\nurl = \"{}\"\n\n[[job]]\nname = \"job-a\"\nkind = \"command\"\ncommand = \"true\"\nretention = {{ keep-last = 2 }}\n", f.repo));
-    let dry: serde_json::Value = serde_json::from_str(&ok(&run(&["--json", "forget", "--policy", &policy, "--dry-run", "--write-key", f.wk()]))).unwrap();
+    let policy = policy_file(
+        f.dir.path(),
+        &format!(
+            "[[repository]]\nname = \"p\"\nurl = \"{}\"\n\n[[job]]\nname = \"job-a\"\nkind = \"command\"\ncommand = \"true\"\nretention = {{ keep-last = 2 }}\n",
+            f.repo
+        ),
+    );
+    let dry: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["--json", "forget", "--policy", &policy, "--dry-run", "--write-key", f.wk()])))
+            .unwrap();
     let decisions = dry[0]["decisions"].as_array().unwrap();
     assert_eq!(decisions.iter().filter(|d| d["keep"] == true).count(), 2);
     assert!(decisions[0]["reasons"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().contains("last")));
@@ -279,15 +341,25 @@ const TWO_REGIONS: &str = "[[repository]]\nname = \"a\"\nurl = \"s3://bkt-1/x?re
 #[test]
 fn policy_lints_each_problem_with_a_position() {
     // A clean policy passes.
-    let (code, out) = lint(&format!("{TWO_REGIONS}[[job]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"env:X\"\nschedule = \"*/10 * * * *\"\nrpo = \"15m\"\nretention = {{ within = \"7d\" }}\n"));
+    let (code, out) = lint(&format!(
+        "{TWO_REGIONS}[[job]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"env:X\"\nschedule = \"*/10 * * * *\"\nrpo = \"15m\"\nretention = {{ within = \"7d\" }}\n"
+    ));
     assert_eq!(code, 0, "{out}");
 
     // A 6-hour schedule against a 15-minute RPO without WAL archiving.
-    let (code, out) = lint(&format!("{TWO_REGIONS}[[job]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"env:X\"\nschedule = \"0 */6 * * *\"\nrpo = \"15m\"\n"));
+    let (code, out) = lint(&format!(
+        "{TWO_REGIONS}[[job]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"env:X\"\nschedule = \"0 */6 * * *\"\nrpo = \"15m\"\n"
+    ));
     assert_eq!(code, 1);
-    assert!(out.contains(":17:12: job \"db\": schedule \"0 */6 * * *\" runs every 6h, which cannot meet rpo = \"15m\"") && out.contains("WAL archiving"), "{out}");
+    assert!(
+        out.contains(":17:12: job \"db\": schedule \"0 */6 * * *\" runs every 6h, which cannot meet rpo = \"15m\"")
+            && out.contains("WAL archiving"),
+        "{out}"
+    );
     // …which WAL archiving fixes.
-    let (code, out) = lint(&format!("{TWO_REGIONS}[[job]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"env:X\"\nmode = \"physical\"\nwal_archiving = true\nschedule = \"0 */6 * * *\"\nrpo = \"15m\"\n"));
+    let (code, out) = lint(&format!(
+        "{TWO_REGIONS}[[job]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"env:X\"\nmode = \"physical\"\nwal_archiving = true\nschedule = \"0 */6 * * *\"\nrpo = \"15m\"\n"
+    ));
     assert_eq!(code, 0, "{out}");
 
     // A single region.
@@ -296,17 +368,22 @@ fn policy_lints_each_problem_with_a_position() {
     assert!(out.contains(":2:8: all repositories are in region \"us-west-2\""), "{out}");
 
     // A replica in the primary's region.
-    let (code, out) = lint(&format!("{TWO_REGIONS}[[repository]]\nname = \"c\"\nurl = \"s3://bkt-3/x?region=us-west-2\"\n"));
+    let (code, out) =
+        lint(&format!("{TWO_REGIONS}[[repository]]\nname = \"c\"\nurl = \"s3://bkt-3/x?region=us-west-2\"\n"));
     assert_eq!(code, 1);
     assert!(out.contains("replica \"c\" is in the same region (us-west-2) as the primary \"a\""), "{out}");
 
     // Retention shorter than the schedule interval.
-    let (code, out) = lint(&format!("{TWO_REGIONS}[[job]]\nname = \"f\"\nkind = \"command\"\ncommand = \"true\"\nschedule = \"0 2 * * *\"\nretention = {{ within = \"12h\" }}\n"));
+    let (code, out) = lint(&format!(
+        "{TWO_REGIONS}[[job]]\nname = \"f\"\nkind = \"command\"\ncommand = \"true\"\nschedule = \"0 2 * * *\"\nretention = {{ within = \"12h\" }}\n"
+    ));
     assert_eq!(code, 1);
     assert!(out.contains("retention within = 12h is shorter than the schedule interval (1day)"), "{out}");
 
     // Targets no drill covers.
-    let (code, out) = lint("[[repository]]\nname = \"a\"\nurl = \"s3://bkt-1/x?region=us-west-2\"\n\n[[repository]]\nname = \"b\"\nurl = \"s3://bkt-2/x?region=us-east-1\"\n\n[[job]]\nname = \"f\"\nkind = \"command\"\ncommand = \"true\"\nrto = \"1h\"\n");
+    let (code, out) = lint(
+        "[[repository]]\nname = \"a\"\nurl = \"s3://bkt-1/x?region=us-west-2\"\n\n[[repository]]\nname = \"b\"\nurl = \"s3://bkt-2/x?region=us-east-1\"\n\n[[job]]\nname = \"f\"\nkind = \"command\"\ncommand = \"true\"\nrto = \"1h\"\n",
+    );
     assert_eq!(code, 1);
     assert!(out.contains("job \"f\" has RTO/RPO targets but no [[scenario]] drills it"), "{out}");
 
@@ -332,7 +409,16 @@ fn prune_never_deletes_what_object_lock_protects() {
                 .object_lock_configuration(
                     ObjectLockConfiguration::builder()
                         .object_lock_enabled(ObjectLockEnabled::Enabled)
-                        .rule(ObjectLockRule::builder().default_retention(DefaultRetention::builder().mode(ObjectLockRetentionMode::Compliance).days(1).build()).build())
+                        .rule(
+                            ObjectLockRule::builder()
+                                .default_retention(
+                                    DefaultRetention::builder()
+                                        .mode(ObjectLockRetentionMode::Compliance)
+                                        .days(1)
+                                        .build(),
+                                )
+                                .build(),
+                        )
                         .build(),
                 )
                 .send()
@@ -345,14 +431,23 @@ fn prune_never_deletes_what_object_lock_protects() {
     let dir = tempfile::tempdir().unwrap();
     let f = Fixture::with_repo(dir, s3_url(&bucket, "us-east-1", "locked"));
     let id = f.backup("worm", &mixed_data(5, 4 << 20));
-    let policy = policy_file(f.dir.path(), &format!("[[repository]]\nname = \"p\"\nurl = \"{}\"\n\n[[job]]\nname = \"worm\"\nkind = \"command\"\ncommand = \"true\"\nretention = {{ keep-last = 1 }}\n", f.repo));
+    let policy = policy_file(
+        f.dir.path(),
+        &format!(
+            "[[repository]]\nname = \"p\"\nurl = \"{}\"\n\n[[job]]\nname = \"worm\"\nkind = \"command\"\ncommand = \"true\"\nretention = {{ keep-last = 1 }}\n",
+            f.repo
+        ),
+    );
     f.backup("worm", &mixed_data(6, 4 << 20));
     // Retention wants the older snapshot gone, but it is locked: it stays, and says so.
-    let out: serde_json::Value = serde_json::from_str(&ok(&run(&["--json", "forget", "--policy", &policy, "--write-key", f.wk()]))).unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["--json", "forget", "--policy", &policy, "--write-key", f.wk()]))).unwrap();
     assert_eq!(out[0]["locked"][0].as_str(), Some(id.as_str()), "{out}");
     assert_eq!(out[0]["removed"].as_array().unwrap().len(), 0);
     // Prune: nothing unreferenced may be deleted while locked; no error either.
-    let r: serde_json::Value = serde_json::from_str(&ok(&run(&["--json", "prune", "--repo", &f.repo, "--identity", f.id(), "--grace", "0s"]))).unwrap();
+    let r: serde_json::Value =
+        serde_json::from_str(&ok(&run(&["--json", "prune", "--repo", &f.repo, "--identity", f.id(), "--grace", "0s"])))
+            .unwrap();
     assert_eq!(r["packs_deleted"], 0, "{r}");
     ok(&run(&["check", "--repo", &f.repo, "--identity", f.id(), "--read-data"]));
     assert!(!f.restore(&id).is_empty());
@@ -381,7 +476,11 @@ fn run_alerts_when_the_newest_recoverable_point_is_older_than_the_rpo() {
         ),
     );
     // The run itself succeeds, but its snapshot is already older than a 1-second RPO.
-    let out = bin().args(["run", "--policy", &policy, "slow", "--write-key", f.wk()]).env("HOOK", format!("{sink}/hook")).output().unwrap();
+    let out = bin()
+        .args(["run", "--policy", &policy, "slow", "--write-key", f.wk()])
+        .env("HOOK", format!("{sink}/hook"))
+        .output()
+        .unwrap();
     ok(&out);
     let (_, _, body) = rx.recv_timeout(Duration::from_secs(5)).expect("no RPO alert");
     let alert: serde_json::Value = serde_json::from_str(&body).unwrap();

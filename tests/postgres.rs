@@ -42,14 +42,24 @@ fn plain_dump(db: &str) -> String {
     let out = Command::new(format!("{}/pg_dump", pg_bin())).args(["--no-owner", "-d", &url_for(db)]).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     // pg_dump >= 15.14 brackets its output with random \restrict keys.
-    String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict")).collect::<Vec<_>>().join("\n")
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| !l.starts_with("\\restrict") && !l.starts_with("\\unrestrict"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[track_caller]
 fn assert_same_dump(a: &str, b: &str) {
     if a != b {
-        let (i, (x, y)) = a.lines().zip(b.lines()).enumerate().find(|(_, (x, y))| x != y).unwrap_or((0, ("<length>", "<length>")));
-        panic!("restored database dumps differently at line {}: {x:?} vs {y:?} ({} vs {} lines)", i + 1, a.lines().count(), b.lines().count());
+        let (i, (x, y)) =
+            a.lines().zip(b.lines()).enumerate().find(|(_, (x, y))| x != y).unwrap_or((0, ("<length>", "<length>")));
+        panic!(
+            "restored database dumps differently at line {}: {x:?} vs {y:?} ({} vs {} lines)",
+            i + 1,
+            a.lines().count(),
+            b.lines().count()
+        );
     }
 }
 
@@ -102,7 +112,12 @@ fn logical_roundtrip_many_types_matches_dump_and_fingerprint() {
     let f = Fixture::local();
     let db = new_db("lb_types");
     psql(&db, SCHEMA);
-    let policy = write_policy(&f, &format!("[[job]]\nname = \"orders-db\"\nkind = \"postgres\"\nurl = \"env:ORDERS_URL\"\nmode = \"logical\"\ndatabases = [\"{db}\"]\n"));
+    let policy = write_policy(
+        &f,
+        &format!(
+            "[[job]]\nname = \"orders-db\"\nkind = \"postgres\"\nurl = \"env:ORDERS_URL\"\nmode = \"logical\"\ndatabases = [\"{db}\"]\n"
+        ),
+    );
     let out = backup_job(&f, &policy, "orders-db", &[("ORDERS_URL", &url_for(&db))]);
     let js: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
     let id = js["id"].as_str().unwrap().to_string();
@@ -116,7 +131,10 @@ fn logical_roundtrip_many_types_matches_dump_and_fingerprint() {
         .unwrap();
     ok(&out);
     assert_same_dump(&plain_dump(&db), &plain_dump(&target));
-    assert_eq!(psql(&target, "select convert_from(lo_get(doc), 'UTF8') from customers where id = 2"), "large object for 2");
+    assert_eq!(
+        psql(&target, "select convert_from(lo_get(doc), 'UTF8') from customers where id = 2"),
+        "large object for 2"
+    );
 
     // Row counts match the fingerprint recorded in the snapshot.
     let src = source_of(&f, &id);
@@ -125,22 +143,46 @@ fn logical_roundtrip_many_types_matches_dump_and_fingerprint() {
     let tables = src["databases"][0]["tables"].as_array().unwrap();
     assert_eq!(tables.len(), 2);
     for t in tables {
-        let n: i64 = psql(&target, &format!("select count(*) from {}.{}", t["schema"].as_str().unwrap(), t["name"].as_str().unwrap())).parse().unwrap();
+        let n: i64 = psql(
+            &target,
+            &format!("select count(*) from {}.{}", t["schema"].as_str().unwrap(), t["name"].as_str().unwrap()),
+        )
+        .parse()
+        .unwrap();
         assert_eq!(Some(n), t["rows"].as_i64(), "{t}");
     }
     assert_eq!(tables.iter().find(|t| t["name"] == "orders").unwrap()["rows"], 20000);
 
     // The same snapshot can also be written out as a dump file.
     let file = f.dir.path().join("orders.dump");
-    ok(&run(&["restore", "--repo", &f.repo, "--identity", f.id(), &id, "--database", &db, "--to", file.to_str().unwrap()]));
+    ok(&run(&[
+        "restore",
+        "--repo",
+        &f.repo,
+        "--identity",
+        f.id(),
+        &id,
+        "--database",
+        &db,
+        "--to",
+        file.to_str().unwrap(),
+    ]));
     assert!(std::fs::read(&file).unwrap().starts_with(b"PGDMP"));
 
     // Target not empty: refused without --clean, replaced with it.
-    let out = bin().args(["restore", "--repo", &f.repo, "--identity", f.id(), &id, "--to", "env:T"]).env("T", url_for(&target)).output().unwrap();
+    let out = bin()
+        .args(["restore", "--repo", &f.repo, "--identity", f.id(), &id, "--to", "env:T"])
+        .env("T", url_for(&target))
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("is not empty") && stderr(&out).contains("--clean"), "{}", stderr(&out));
     psql(&target, "delete from orders where id > 10");
-    let out = bin().args(["restore", "--repo", &f.repo, "--identity", f.id(), &id, "--to", "env:T", "--clean", "--jobs", "2"]).env("T", url_for(&target)).output().unwrap();
+    let out = bin()
+        .args(["restore", "--repo", &f.repo, "--identity", f.id(), &id, "--to", "env:T", "--clean", "--jobs", "2"])
+        .env("T", url_for(&target))
+        .output()
+        .unwrap();
     ok(&out);
     assert_eq!(psql(&target, "select count(*) from orders"), "20000");
 }
@@ -149,8 +191,11 @@ fn logical_roundtrip_many_types_matches_dump_and_fingerprint() {
 fn dump_is_consistent_under_a_concurrent_writer() {
     let f = Fixture::local();
     let db = new_db("lb_consist");
-    psql(&db, "create table ledger (txn int, leg int, amount numeric, pad text);
-               insert into ledger select g / 10, g % 10, g, repeat(md5(g::text), 8) from generate_series(0, 299999) g;");
+    psql(
+        &db,
+        "create table ledger (txn int, leg int, amount numeric, pad text);
+               insert into ledger select g / 10, g % 10, g, repeat(md5(g::text), 8) from generate_series(0, 299999) g;",
+    );
     let url = url_for(&db);
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
@@ -167,7 +212,10 @@ fn dump_is_consistent_under_a_concurrent_writer() {
                     sql.push_str(&format!("insert into ledger values ({txn}, {leg}, 1, 'w');"));
                 }
                 sql.push_str("commit;");
-                let st = Command::new(format!("{}/psql", pg_bin())).args(["-X", "-q", "-d", &url, "-c", &sql]).output().unwrap();
+                let st = Command::new(format!("{}/psql", pg_bin()))
+                    .args(["-X", "-q", "-d", &url, "-c", &sql])
+                    .output()
+                    .unwrap();
                 assert!(st.status.success());
                 txn += 1;
             }
@@ -175,7 +223,10 @@ fn dump_is_consistent_under_a_concurrent_writer() {
         })
     };
     std::thread::sleep(Duration::from_millis(300));
-    let policy = write_policy(&f, &format!("[[job]]\nname = \"ledger\"\nkind = \"postgres\"\nurl = \"env:L\"\ndatabases = [\"{db}\"]\n"));
+    let policy = write_policy(
+        &f,
+        &format!("[[job]]\nname = \"ledger\"\nkind = \"postgres\"\nurl = \"env:L\"\ndatabases = [\"{db}\"]\n"),
+    );
     let out = backup_job(&f, &policy, "ledger", &[("L", &url)]);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let written = writer.join().unwrap();
@@ -184,7 +235,11 @@ fn dump_is_consistent_under_a_concurrent_writer() {
     assert!(written > 2, "the writer must overlap the dump (wrote {written} transactions)");
 
     let target = format!("{db}_r");
-    ok(&bin().args(["restore", "--repo", &f.repo, "--identity", f.id(), id, "--to", "env:T"]).env("T", url_for(&target)).output().unwrap());
+    ok(&bin()
+        .args(["restore", "--repo", &f.repo, "--identity", f.id(), id, "--to", "env:T"])
+        .env("T", url_for(&target))
+        .output()
+        .unwrap());
     let torn = psql(&target, "select count(*) from (select txn from ledger group by txn having count(*) <> 10) t");
     assert_eq!(torn, "0", "a transaction was dumped half");
     let restored: i64 = psql(&target, "select count(*) from ledger").parse().unwrap();
@@ -218,11 +273,17 @@ fn bad_input_wrong_password_missing_database_old_pg_dump() {
         std::fs::write(&p, "#!/bin/sh\necho 'pg_dump (PostgreSQL) 14.9'\n").unwrap();
         std::fs::set_permissions(&p, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     }
-    let policy = write_policy(&f, &format!("[[job]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"env:U\"\npg_bin = \"{}\"\n", fake.display()));
+    let policy = write_policy(
+        &f,
+        &format!("[[job]]\nname = \"db\"\nkind = \"postgres\"\nurl = \"env:U\"\npg_bin = \"{}\"\n", fake.display()),
+    );
     let out = backup_job(&f, &policy, "db", &[("U", &pg_url())]);
     assert_eq!(out.status.code(), Some(1));
     let e = stderr(&out);
-    assert!(e.contains("pg_dump 14.9 is older than the server (PostgreSQL 15") && e.contains("postgresql-client-15"), "{e}");
+    assert!(
+        e.contains("pg_dump 14.9 is older than the server (PostgreSQL 15") && e.contains("postgresql-client-15"),
+        "{e}"
+    );
 
     // Nothing failed into the repository.
     assert_eq!(before, tree_state(&f.repo_path()));
@@ -233,7 +294,9 @@ fn wal_push_is_idempotent_and_refuses_a_different_segment() {
     let f = Fixture::local();
     let seg = f.dir.path().join("000000010000000000000007");
     std::fs::write(&seg, random_bytes(1, 1 << 20)).unwrap();
-    let push = |p: &Path| run(&["wal", "push", p.to_str().unwrap(), "--repo", &f.repo, "--write-key", f.wk(), "--archive", "db"]);
+    let push = |p: &Path| {
+        run(&["wal", "push", p.to_str().unwrap(), "--repo", &f.repo, "--write-key", f.wk(), "--archive", "db"])
+    };
     ok(&push(&seg));
     let out = push(&seg);
     ok(&out);
@@ -247,7 +310,18 @@ fn wal_push_is_idempotent_and_refuses_a_different_segment() {
     assert!(stderr(&out).contains("a different 000000010000000000000007 is already archived"), "{}", stderr(&out));
     // Fetch returns the original bytes; history files work too; bad names are refused.
     let dest = f.dir.path().join("fetched");
-    ok(&run(&["wal", "fetch", "000000010000000000000007", dest.to_str().unwrap(), "--repo", &f.repo, "--identity", f.id(), "--archive", "db"]));
+    ok(&run(&[
+        "wal",
+        "fetch",
+        "000000010000000000000007",
+        dest.to_str().unwrap(),
+        "--repo",
+        &f.repo,
+        "--identity",
+        f.id(),
+        "--archive",
+        "db",
+    ]));
     assert_eq!(std::fs::read(&dest).unwrap(), std::fs::read(&seg).unwrap());
     let hist = f.dir.path().join("00000002.history");
     std::fs::write(&hist, "1\t0/3000000\tno recovery target specified\n").unwrap();
@@ -255,7 +329,18 @@ fn wal_push_is_idempotent_and_refuses_a_different_segment() {
     let bad = f.dir.path().join("passwd");
     std::fs::write(&bad, "x").unwrap();
     assert_eq!(push(&bad).status.code(), Some(1));
-    let out = run(&["wal", "fetch", "000000010000000000000099", dest.to_str().unwrap(), "--repo", &f.repo, "--identity", f.id(), "--archive", "db"]);
+    let out = run(&[
+        "wal",
+        "fetch",
+        "000000010000000000000099",
+        dest.to_str().unwrap(),
+        "--repo",
+        &f.repo,
+        "--identity",
+        f.id(),
+        "--archive",
+        "db",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("000000010000000000000099 is not in the archive"));
 }
@@ -283,14 +368,34 @@ fn chown_postgres(p: &Path) {
 impl Cluster {
     fn psql(&self, sql: &str) -> String {
         let out = Command::new(format!("{}/psql", pg_bin()))
-            .args(["-X", "-q", "-t", "-A", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres", "-d", "postgres", "-c", sql])
+            .args([
+                "-X",
+                "-q",
+                "-t",
+                "-A",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                "postgres",
+                "-c",
+                sql,
+            ])
             .output()
             .unwrap();
         assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
     fn stop(&self) {
-        let _ = as_postgres(&[&format!("{}/pg_ctl", pg_bin()), "-D", self.dir.to_str().unwrap(), "-m", "fast", "-w", "stop"], &[]);
+        let _ = as_postgres(
+            &[&format!("{}/pg_ctl", pg_bin()), "-D", self.dir.to_str().unwrap(), "-m", "fast", "-w", "stop"],
+            &[],
+        );
     }
 }
 
@@ -306,7 +411,10 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
     let exe = env!("CARGO_BIN_EXE_lifeboat");
     let data = f.dir.path().join("data");
     let port = free_port();
-    let out = as_postgres(&[&format!("{}/initdb", pg_bin()), "-D", data.to_str().unwrap(), "--auth=trust", "-U", "postgres"], &[]);
+    let out = as_postgres(
+        &[&format!("{}/initdb", pg_bin()), "-D", data.to_str().unwrap(), "--auth=trust", "-U", "postgres"],
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let archive_cmd = format!("LIFEBOAT_WRITE_KEY_FILE={} {exe} wal push --repo {} --archive pitr %p", f.wk(), f.repo);
     let conf = format!(
@@ -317,7 +425,10 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
     c.push_str(&conf);
     std::fs::write(data.join("postgresql.conf"), c).unwrap();
     let log = f.dir.path().join("pg.log");
-    let out = as_postgres(&[&format!("{}/pg_ctl", pg_bin()), "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "start"], &[]);
+    let out = as_postgres(
+        &[&format!("{}/pg_ctl", pg_bin()), "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "start"],
+        &[],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let primary = Cluster { dir: data.clone(), port };
     struct StopOnDrop<'a>(&'a Cluster);
@@ -329,10 +440,16 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
     let _guard = StopOnDrop(&primary);
 
     primary.psql("create table markers (id int primary key, at timestamptz default clock_timestamp())");
-    let policy = write_policy(&f, "[[job]]\nname = \"pitr\"\nkind = \"postgres\"\nmode = \"physical\"\nurl = \"env:PITR_URL\"\nwal_archiving = true\nrpo = \"15m\"\n");
+    let policy = write_policy(
+        &f,
+        "[[job]]\nname = \"pitr\"\nkind = \"postgres\"\nmode = \"physical\"\nurl = \"env:PITR_URL\"\nwal_archiving = true\nrpo = \"15m\"\n",
+    );
     chown_postgres(f.dir.path());
     let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
-    let out = as_postgres(&[exe, "--json", "backup", "--policy", &policy, "pitr", "--write-key", f.wk()], &[("PITR_URL", &url)]);
+    let out = as_postgres(
+        &[exe, "--json", "backup", "--policy", &policy, "pitr", "--write-key", f.wk()],
+        &[("PITR_URL", &url)],
+    );
     let js: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
     let base = js["id"].as_str().unwrap().to_string();
 
@@ -353,7 +470,12 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
         }
         std::thread::sleep(Duration::from_millis(200));
     }
-    assert_eq!(primary.psql("select failed_count from pg_stat_archiver"), "0", "archive_command failed: see {}", log.display());
+    assert_eq!(
+        primary.psql("select failed_count from pg_stat_archiver"),
+        "0",
+        "archive_command failed: see {}",
+        log.display()
+    );
 
     // status: newest recoverable point comes from the WAL archive.
     let st = ok(&as_postgres(&[exe, "--json", "status", "--policy", &policy, "--identity", f.id()], &[]));
@@ -366,7 +488,24 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
     let dir2 = f.dir.path().join("pitr-data");
     let p2 = free_port();
     let out = as_postgres(
-        &[exe, "restore", "--repo", &f.repo, "--identity", f.id(), &base, "--to-dir", dir2.to_str().unwrap(), "--at", &between.to_rfc3339(), "--start", "--port", &p2.to_string(), "--wait", "120"],
+        &[
+            exe,
+            "restore",
+            "--repo",
+            &f.repo,
+            "--identity",
+            f.id(),
+            &base,
+            "--to-dir",
+            dir2.to_str().unwrap(),
+            "--at",
+            &between.to_rfc3339(),
+            "--start",
+            "--port",
+            &p2.to_string(),
+            "--wait",
+            "120",
+        ],
         &[],
     );
     ok(&out);
@@ -380,7 +519,25 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
     let p3 = free_port();
     // A relative --repo (run from the fixture dir) must still reach the WAL archive from restore_command.
     let mut c = Command::new("runuser");
-    c.current_dir(f.dir.path()).args(["-u", "postgres", "--", exe, "restore", "--repo", "repo", "--identity", f.id(), &base, "--to-dir", dir3.to_str().unwrap(), "--start", "--port", &p3.to_string(), "--wait", "120"]);
+    c.current_dir(f.dir.path()).args([
+        "-u",
+        "postgres",
+        "--",
+        exe,
+        "restore",
+        "--repo",
+        "repo",
+        "--identity",
+        f.id(),
+        &base,
+        "--to-dir",
+        dir3.to_str().unwrap(),
+        "--start",
+        "--port",
+        &p3.to_string(),
+        "--wait",
+        "120",
+    ]);
     ok(&c.output().unwrap());
     let restored = Cluster { dir: dir3, port: p3 };
     let ids = restored.psql("select string_agg(id::text, ',' order by id) from markers");
@@ -389,13 +546,21 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
 
     // A segment missing in the middle: the restore names it and the last reachable time.
     let wal_dir = f.repo_path().join("wal/pitr");
-    let mut segs: Vec<String> = std::fs::read_dir(&wal_dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().to_string()).filter(|n| n.len() == 24).collect();
+    let mut segs: Vec<String> = std::fs::read_dir(&wal_dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().to_string())
+        .filter(|n| n.len() == 24)
+        .collect();
     segs.sort();
     assert!(segs.len() >= 5, "{segs:?}");
     let victim = segs[segs.len() - 3].clone();
     std::fs::remove_file(wal_dir.join(&victim)).unwrap();
     let dir4 = f.dir.path().join("gap-data");
-    let out = as_postgres(&[exe, "restore", "--repo", &f.repo, "--identity", f.id(), &base, "--to-dir", dir4.to_str().unwrap()], &[]);
+    let out = as_postgres(
+        &[exe, "restore", "--repo", &f.repo, "--identity", f.id(), &base, "--to-dir", dir4.to_str().unwrap()],
+        &[],
+    );
     assert_eq!(out.status.code(), Some(1));
     let e = stderr(&out);
     assert!(e.contains(&format!("WAL segment {victim} is missing")) && e.contains("recovery can only reach"), "{e}");

@@ -22,10 +22,12 @@ use redis::Value;
 const PASSWORD: &str = "lifeboat-test";
 
 fn redis_url() -> String {
-    std::env::var("LIFEBOAT_TEST_REDIS_URL").expect("LIFEBOAT_TEST_REDIS_URL is not set: run the tests with scripts/test")
+    std::env::var("LIFEBOAT_TEST_REDIS_URL")
+        .expect("LIFEBOAT_TEST_REDIS_URL is not set: run the tests with scripts/test")
 }
 fn cluster_url() -> String {
-    std::env::var("LIFEBOAT_TEST_REDIS_CLUSTER").expect("LIFEBOAT_TEST_REDIS_CLUSTER is not set: run the tests with scripts/test")
+    std::env::var("LIFEBOAT_TEST_REDIS_CLUSTER")
+        .expect("LIFEBOAT_TEST_REDIS_CLUSTER is not set: run the tests with scripts/test")
 }
 
 fn con(url: &str) -> redis::Connection {
@@ -51,21 +53,35 @@ impl TempRedis {
     fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> TempRedis {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let mut cmd = Command::new("redis-server");
-        cmd.args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--requirepass", PASSWORD, "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .arg("--logfile")
-            .arg(dir.path().join("log"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
+        cmd.args([
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--requirepass",
+            PASSWORD,
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .arg("--logfile")
+        .arg(dir.path().join("log"))
+        .args(extra)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
         let mut child = cmd.spawn().expect("redis-server (Debian: redis-server) must be installed");
         let url = format!("redis://:{PASSWORD}@127.0.0.1:{port}");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(s)) = child.try_wait() {
-                panic!("redis-server exited with {s}: {}", std::fs::read_to_string(dir.path().join("log")).unwrap_or_default());
+                panic!(
+                    "redis-server exited with {s}: {}",
+                    std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
+                );
             }
             if let Ok(c) = redis::Client::open(url.as_str()) {
                 if let Ok(mut k) = c.get_connection_with_timeout(Duration::from_secs(1)) {
@@ -103,7 +119,11 @@ fn redis_job(name: &str, mode: &str) -> String {
 }
 
 fn backup_job(f: &Fixture, policy: &str, job: &str, url: &str) -> Output {
-    bin().args(["--json", "backup", "--policy", policy, job, "--write-key", f.wk()]).env("REDIS_URL", url).output().unwrap()
+    bin()
+        .args(["--json", "backup", "--policy", policy, job, "--write-key", f.wk()])
+        .env("REDIS_URL", url)
+        .output()
+        .unwrap()
 }
 
 fn backup_ok(f: &Fixture, policy: &str, job: &str, url: &str) -> String {
@@ -205,11 +225,27 @@ fn populate(exec: &mut dyn FnMut(u32, redis::Pipeline), n: usize, dbs: &[u32], b
             8 => {
                 let key = k("stream");
                 for j in 0..(1 + i % 4) {
-                    p.cmd("XADD").arg(&key).arg(format!("{}-{}", 1_700_000_000_000u64 + i as u64, j + 1)).arg("f").arg(j).arg("g").arg(i).ignore();
+                    p.cmd("XADD")
+                        .arg(&key)
+                        .arg(format!("{}-{}", 1_700_000_000_000u64 + i as u64, j + 1))
+                        .arg("f")
+                        .arg(j)
+                        .arg("g")
+                        .arg(i)
+                        .ignore();
                 }
                 if i % 40 == 8 {
                     p.cmd("XGROUP").arg("CREATE").arg(&key).arg("readers").arg("0").ignore();
-                    p.cmd("XREADGROUP").arg("GROUP").arg("readers").arg("alice").arg("COUNT").arg(1).arg("STREAMS").arg(&key).arg(">").ignore();
+                    p.cmd("XREADGROUP")
+                        .arg("GROUP")
+                        .arg("readers")
+                        .arg("alice")
+                        .arg("COUNT")
+                        .arg(1)
+                        .arg("STREAMS")
+                        .arg(&key)
+                        .arg(">")
+                        .ignore();
                 }
             }
             _ => {
@@ -427,10 +463,28 @@ fn standalone_rdb_and_logical_round_trip() {
     let file = f.dir.path().join("copy.rdb");
     ok(&run(&["restore", "--repo", &f.repo, "--identity", f.id(), &rdb_id, "--to", file.to_str().unwrap()]));
     assert!(std::fs::read(&file).unwrap() == rdb);
-    let again = run(&["restore", "--repo", &f.repo, "--identity", f.id(), &rdb_id, "--to-dir", fresh.dir.path().to_str().unwrap()]);
+    let again = run(&[
+        "restore",
+        "--repo",
+        &f.repo,
+        "--identity",
+        f.id(),
+        &rdb_id,
+        "--to-dir",
+        fresh.dir.path().to_str().unwrap(),
+    ]);
     assert!(!again.status.success() && stderr(&again).contains("--force"), "{}", stderr(&again));
     // A logical snapshot is not a data dir.
-    let out = run(&["restore", "--repo", &f.repo, "--identity", f.id(), &logical_id, "--to-dir", f.dir.path().join("x").to_str().unwrap()]);
+    let out = run(&[
+        "restore",
+        "--repo",
+        &f.repo,
+        "--identity",
+        f.id(),
+        &logical_id,
+        "--to-dir",
+        f.dir.path().join("x").to_str().unwrap(),
+    ]);
     assert!(!out.status.success() && stderr(&out).contains("--to redis://"), "{}", stderr(&out));
 }
 
@@ -494,7 +548,9 @@ fn cluster_round_trip_into_the_cluster_and_a_standalone_server() {
             .as_array()
             .unwrap()
             .iter()
-            .flat_map(|s| s["slots"].as_array().unwrap().iter().map(|r| r[1].as_u64().unwrap() - r[0].as_u64().unwrap() + 1))
+            .flat_map(|s| {
+                s["slots"].as_array().unwrap().iter().map(|r| r[1].as_u64().unwrap() - r[0].as_u64().unwrap() + 1)
+            })
             .sum();
         assert_eq!(slots, 16384);
     }

@@ -15,7 +15,9 @@ use super::pack::seal_pack;
 use crate::chunker;
 use crate::crypto::{self, ChunkId, Recipient};
 use crate::error::{Error, Result};
-use crate::repo::{self, BackupStats, Index, IndexFile, Keys, Manifest, PackBlob, PackRecord, Repository, StreamManifest};
+use crate::repo::{
+    self, BackupStats, Index, IndexFile, Keys, Manifest, PackBlob, PackRecord, Repository, StreamManifest,
+};
 use crate::storage::{Backend, StorageError};
 
 /// What the snapshot will say about itself.
@@ -96,7 +98,9 @@ struct PackBuilder {
 impl BackupSession {
     pub async fn start(repo: &Repository, keys: &Keys, opts: BackupOptions) -> Result<BackupSession> {
         // Hold off prune for as long as this backup may reference indexed data.
-        let lock = repo::lock::Lock::acquire_waiting(repo, repo::lock::LockKind::Backup, std::time::Duration::from_secs(600)).await?;
+        let lock =
+            repo::lock::Lock::acquire_waiting(repo, repo::lock::LockKind::Backup, std::time::Duration::from_secs(600))
+                .await?;
         let known = Arc::new(repo.load_index(keys).await?);
         debug!(chunks = known.blobs.len(), packs = known.packs.len(), "index loaded");
         // One sealed pack may wait while two are being encrypted/uploaded.
@@ -126,7 +130,10 @@ impl BackupSession {
         let mut state = PackerState {
             known: self.known.clone(),
             session_ids: std::mem::take(&mut self.session_ids),
-            current: std::mem::replace(&mut self.current, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 }),
+            current: std::mem::replace(
+                &mut self.current,
+                PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 },
+            ),
             stats: std::mem::take(&mut self.stats),
             pack_tx: self.pack_tx.clone().ok_or_else(|| Error::Other("backup session already committed".into()))?,
             pack_size: self.repo.config.pack_size as usize,
@@ -209,7 +216,8 @@ impl BackupSession {
 
     async fn commit_inner(&mut self, source: serde_json::Value) -> Result<Manifest> {
         if !self.current.blobs.is_empty() {
-            let p = std::mem::replace(&mut self.current, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 });
+            let p =
+                std::mem::replace(&mut self.current, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 });
             let tx = self.pack_tx.clone().ok_or_else(|| Error::Other("session closed".into()))?;
             let sealed = SealedPack { plaintext: seal_pack(p.body, &p.blobs), blobs: p.blobs, raw_bytes: p.raw_bytes };
             if tx.send(sealed).await.is_err() {
@@ -383,12 +391,18 @@ fn pack_in_order(rx: Receiver<Hashed>, st: &mut PackerState) -> Result<(u64, Vec
             st.stats.new_chunks += 1;
             st.stats.bytes_new_raw += h.raw_len as u64;
             let cur = &mut st.current;
-            cur.blobs.push(PackBlob { id: h.id, offset: cur.body.len() as u32, length: data.len() as u32, raw_length: h.raw_len });
+            cur.blobs.push(PackBlob {
+                id: h.id,
+                offset: cur.body.len() as u32,
+                length: data.len() as u32,
+                raw_length: h.raw_len,
+            });
             cur.body.extend_from_slice(&data);
             cur.raw_bytes += h.raw_len as u64;
             if cur.body.len() >= st.pack_size {
                 let p = std::mem::replace(cur, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 });
-                let sealed = SealedPack { plaintext: seal_pack(p.body, &p.blobs), blobs: p.blobs, raw_bytes: p.raw_bytes };
+                let sealed =
+                    SealedPack { plaintext: seal_pack(p.body, &p.blobs), blobs: p.blobs, raw_bytes: p.raw_bytes };
                 if st.pack_tx.blocking_send(sealed).is_err() {
                     return Err(Error::Other("upload stopped; see the upload error".into()));
                 }

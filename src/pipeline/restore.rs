@@ -108,7 +108,8 @@ fn plan(snapshot: &str, stream: &StreamManifest, index: &Index) -> Result<Vec<Ru
     let mut runs: Vec<Run> = Vec::new();
     let mut run_bytes = 0u64;
     for id in &stream.chunks {
-        let loc = *index.get(id).ok_or_else(|| Error::MissingChunk { snapshot: snapshot.to_string(), chunk: id.to_hex() })?;
+        let loc =
+            *index.get(id).ok_or_else(|| Error::MissingChunk { snapshot: snapshot.to_string(), chunk: id.to_hex() })?;
         match runs.last_mut() {
             Some(r) if r.pack == loc.pack && run_bytes + loc.raw_length as u64 <= RUN_LIMIT => {
                 r.blobs.push((*id, loc));

@@ -75,10 +75,17 @@ impl Lock {
         if fresh_others > 0 {
             lock.release().await?;
             let since = chrono::DateTime::from_timestamp_millis(oldest).map(|t| t.to_rfc3339()).unwrap_or_default();
-            return Err(Error::Locked { what: match kind {
-                LockKind::Backup => format!("a prune is running on {} (since {since}); the backup waits for it", repo.url),
-                LockKind::Prune => format!("{fresh_others} backup(s) are running on {} (oldest since {since}); prune later", repo.url),
-            }});
+            return Err(Error::Locked {
+                what: match kind {
+                    LockKind::Backup => {
+                        format!("a prune is running on {} (since {since}); the backup waits for it", repo.url)
+                    }
+                    LockKind::Prune => format!(
+                        "{fresh_others} backup(s) are running on {} (oldest since {since}); prune later",
+                        repo.url
+                    ),
+                },
+            });
         }
         Ok(lock)
     }

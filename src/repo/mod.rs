@@ -18,7 +18,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-pub use self::index::{BlobLocation, Index, IndexFile, PackRecord, PackBlob};
+pub use self::index::{BlobLocation, Index, IndexFile, PackBlob, PackRecord};
 pub use self::manifest::{BackupStats, Manifest, SnapshotMeta, StreamManifest};
 use crate::chunker::ChunkerParams;
 use crate::crypto::{self, DedupKey, Identities, Recipient, WriteCredential};
@@ -53,7 +53,12 @@ pub struct InitOptions {
 
 impl Default for InitOptions {
     fn default() -> Self {
-        InitOptions { recipients: vec![], chunker: ChunkerParams::default(), compression_level: 3, pack_size: 16 * 1024 * 1024 }
+        InitOptions {
+            recipients: vec![],
+            chunker: ChunkerParams::default(),
+            compression_level: 3,
+            pack_size: 16 * 1024 * 1024,
+        }
     }
 }
 
@@ -102,7 +107,9 @@ impl Repository {
         opts: InitOptions,
     ) -> Result<(Repository, WriteCredential)> {
         if opts.recipients.is_empty() {
-            return Err(Error::Other("at least one --recipient is needed; create one with `lifeboat key generate`".into()));
+            return Err(Error::Other(
+                "at least one --recipient is needed; create one with `lifeboat key generate`".into(),
+            ));
         }
         let recipients: Vec<Recipient> =
             opts.recipients.iter().map(|r| crypto::parse_recipient(r)).collect::<Result<_, _>>()?;
@@ -153,7 +160,10 @@ impl Repository {
         let v: serde_json::Value = serde_json::from_slice(&raw)
             .map_err(|e| Error::NotARepository { url: url.to_string(), detail: format!("config is not JSON: {e}") })?;
         if v.get("format").and_then(|f| f.as_str()) != Some(FORMAT_NAME) {
-            return Err(Error::NotARepository { url: url.to_string(), detail: "config has no lifeboat format marker".into() });
+            return Err(Error::NotARepository {
+                url: url.to_string(),
+                detail: "config has no lifeboat format marker".into(),
+            });
         }
         let version = v.get("version").and_then(|x| x.as_u64()).unwrap_or(0) as u32;
         if version > FORMAT_VERSION || version == 0 {
@@ -295,7 +305,8 @@ impl Repository {
     pub async fn load_meta(&self, keys: &Keys, id: &str) -> Result<SnapshotMeta> {
         let (obj, len) = self.snapshot_object(id).await?;
         let pt = crypto::decrypt_one(&keys.index_identity, &format!("snapshot {id}"), &obj[12..12 + len])?;
-        serde_json::from_slice(&pt).map_err(|e| Error::Corrupt { what: format!("snapshot {id}"), detail: e.to_string() })
+        serde_json::from_slice(&pt)
+            .map_err(|e| Error::Corrupt { what: format!("snapshot {id}"), detail: e.to_string() })
     }
 
     /// Every snapshot summary, oldest first (works with the write credential).
@@ -340,7 +351,10 @@ impl Repository {
         for o in objs {
             let ct = self.backend.get(&o.key).await?;
             let pt = ids.decrypt(&o.key, &ct)?;
-            out.push(serde_json::from_slice(&pt).map_err(|e| Error::Corrupt { what: o.key.clone(), detail: e.to_string() })?);
+            out.push(
+                serde_json::from_slice(&pt)
+                    .map_err(|e| Error::Corrupt { what: o.key.clone(), detail: e.to_string() })?,
+            );
         }
         Ok(out)
     }
@@ -362,7 +376,8 @@ impl Repository {
         let ids = keys.identities("reading a snapshot")?;
         let (obj, len) = self.snapshot_object(id).await?;
         let pt = ids.decrypt(&format!("snapshot {id}"), &obj[12 + len..])?;
-        serde_json::from_slice(&pt).map_err(|e| Error::Corrupt { what: format!("snapshot {id}"), detail: e.to_string() })
+        serde_json::from_slice(&pt)
+            .map_err(|e| Error::Corrupt { what: format!("snapshot {id}"), detail: e.to_string() })
     }
 
     /// Every manifest, oldest first.
@@ -382,16 +397,14 @@ impl Repository {
     pub async fn find_snapshot(&self, keys: &Keys, query: &str, name: Option<&str>) -> Result<Manifest> {
         if query == "latest" {
             let all = self.manifests(keys).await?;
-            return all
-                .into_iter()
-                .filter(|m| name.is_none_or(|n| m.name == n))
-                .next_back()
-                .ok_or_else(|| Error::SnapshotNotFound {
+            return all.into_iter().filter(|m| name.is_none_or(|n| m.name == n)).next_back().ok_or_else(|| {
+                Error::SnapshotNotFound {
                     query: match name {
                         Some(n) => format!("latest --name {n}"),
                         None => "latest".into(),
                     },
-                });
+                }
+            });
         }
         if query.is_empty() || !query.chars().all(|c| c.is_ascii_hexdigit()) {
             return Err(Error::SnapshotNotFound { query: query.to_string() });

@@ -108,7 +108,10 @@ impl PgTarget {
         self.cfg.get_ports().first().copied().unwrap_or(5432)
     }
     pub fn user(&self) -> String {
-        self.cfg.get_user().map(str::to_string).unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "postgres".into()))
+        self.cfg
+            .get_user()
+            .map(str::to_string)
+            .unwrap_or_else(|| std::env::var("USER").unwrap_or_else(|_| "postgres".into()))
     }
     pub fn dbname(&self) -> Option<&str> {
         self.cfg.get_dbname()
@@ -117,7 +120,10 @@ impl PgTarget {
     /// Connect to `db` (default: the URL's database, else `postgres`).
     pub async fn connect(&self, db: Option<&str>) -> Result<tokio_postgres::Client> {
         let mut cfg = self.cfg.clone();
-        let dbname = db.map(str::to_string).or_else(|| self.cfg.get_dbname().map(str::to_string)).unwrap_or_else(|| "postgres".into());
+        let dbname = db
+            .map(str::to_string)
+            .or_else(|| self.cfg.get_dbname().map(str::to_string))
+            .unwrap_or_else(|| "postgres".into());
         cfg.dbname(&dbname);
         let res = if cfg.get_ssl_mode() == SslMode::Disable || self.is_local() {
             // Loopback and sockets: TLS buys nothing; everything else prefers it.
@@ -152,10 +158,15 @@ impl PgTarget {
         let at = format!("{}:{}", self.host(), self.port());
         let detail = match e.as_db_error() {
             Some(d) if d.code().code() == "28P01" => {
-                format!("PostgreSQL at {at} rejected the password for user {:?}; check the secret the job's url points to", self.user())
+                format!(
+                    "PostgreSQL at {at} rejected the password for user {:?}; check the secret the job's url points to",
+                    self.user()
+                )
             }
             Some(d) if d.code().code() == "3D000" => format!("database {db:?} does not exist on {at}"),
-            Some(d) if d.code().code() == "28000" => format!("PostgreSQL at {at} refused user {:?}: {}", self.user(), d.message()),
+            Some(d) if d.code().code() == "28000" => {
+                format!("PostgreSQL at {at} refused user {:?}: {}", self.user(), d.message())
+            }
             Some(d) => format!("PostgreSQL at {at}: {}", d.message()),
             None => {
                 let mut cur: &dyn std::error::Error = &e;
@@ -191,7 +202,8 @@ impl PgTarget {
             let path = dir.join("pgpass");
             let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
             let line = format!("*:*:*:*:{}\n", esc(&String::from_utf8_lossy(pw)));
-            crate::crypto::write_secret_file(&path, &line).map_err(|e| Error::Other(format!("cannot write a temporary PGPASSFILE: {e}")))?;
+            crate::crypto::write_secret_file(&path, &line)
+                .map_err(|e| Error::Other(format!("cannot write a temporary PGPASSFILE: {e}")))?;
             vars.push(("PGPASSFILE".into(), path.display().to_string()));
             passfile = Some(dir);
         }
@@ -213,8 +225,15 @@ impl Drop for TempDir {
 
 fn tempfile_dir() -> Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
-    let dir = std::env::temp_dir().join(format!("lifeboat-{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>())));
-    std::fs::DirBuilder::new().mode(0o700).create(&dir).map_err(|e| Error::Other(format!("cannot create {}: {e}", dir.display())))?;
+    let dir = std::env::temp_dir().join(format!(
+        "lifeboat-{}-{}",
+        std::process::id(),
+        hex::encode(rand::random::<[u8; 6]>())
+    ));
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&dir)
+        .map_err(|e| Error::Other(format!("cannot create {}: {e}", dir.display())))?;
     Ok(dir)
 }
 
@@ -311,7 +330,10 @@ pub struct DatabaseFingerprint {
 }
 
 async fn server_version(c: &tokio_postgres::Client) -> Result<(u32, String)> {
-    let row = c.query_one("select current_setting('server_version_num')::int, current_setting('server_version')", &[]).await.map_err(sql_err)?;
+    let row = c
+        .query_one("select current_setting('server_version_num')::int, current_setting('server_version')", &[])
+        .await
+        .map_err(sql_err)?;
     let num: i32 = row.get(0);
     let text: String = row.get(1);
     Ok(((num / 10000) as u32, text.split(' ').next().unwrap_or(&text).to_string()))
@@ -327,7 +349,11 @@ fn quote_ident(s: &str) -> String {
 }
 
 /// Tables, row counts and sizes, read inside the caller's transaction.
-pub async fn fingerprint(c: &tokio_postgres::Client, mode: RowCounts, exclude: &[String]) -> Result<Vec<TableFingerprint>> {
+pub async fn fingerprint(
+    c: &tokio_postgres::Client,
+    mode: RowCounts,
+    exclude: &[String],
+) -> Result<Vec<TableFingerprint>> {
     let rows = c
         .query(
             "select n.nspname::text, c.relname::text, c.reltuples::bigint, pg_total_relation_size(c.oid)
@@ -362,7 +388,12 @@ pub async fn fingerprint(c: &tokio_postgres::Client, mode: RowCounts, exclude: &
 
 /// Logical backup: globals, then each database with pg_dump in an exported
 /// snapshot; the fingerprint is read in that same snapshot.
-pub async fn backup_logical(session: &mut BackupSession, job: &str, conn: &str, opts: &PgOptions) -> Result<serde_json::Value> {
+pub async fn backup_logical(
+    session: &mut BackupSession,
+    job: &str,
+    conn: &str,
+    opts: &PgOptions,
+) -> Result<serde_json::Value> {
     let target = PgTarget::parse(conn)?;
     let admin = target.connect(None).await?;
     let (major, version) = server_version(&admin).await?;
@@ -401,7 +432,8 @@ pub async fn backup_logical(session: &mut BackupSession, job: &str, conn: &str, 
         let snap: String = row.get(0);
         let snapshot_time: chrono::DateTime<chrono::Utc> = row.get(1);
         let tables = fingerprint(&client, mode, &opts.exclude_tables).await?;
-        let size: i64 = client.query_one("select pg_database_size(current_database())", &[]).await.map_err(sql_err)?.get(0);
+        let size: i64 =
+            client.query_one("select pg_database_size(current_database())", &[]).await.map_err(sql_err)?.get(0);
 
         let mut cmd = tools.command("pg_dump");
         // Custom format, uncompressed: lifeboat compresses after chunking,
@@ -434,9 +466,10 @@ pub async fn backup_logical(session: &mut BackupSession, job: &str, conn: &str, 
 pub fn pick_database<'a>(m: &'a Manifest, database: Option<&str>) -> Result<&'a crate::repo::StreamManifest> {
     let dbs: Vec<&crate::repo::StreamManifest> = m.streams.iter().filter(|s| s.name.starts_with("db/")).collect();
     match database {
-        Some(d) => dbs.into_iter().find(|s| s.name == format!("db/{d}")).ok_or_else(|| {
-            Error::Other(format!("snapshot {} has no database {d:?}", m.short_id()))
-        }),
+        Some(d) => dbs
+            .into_iter()
+            .find(|s| s.name == format!("db/{d}"))
+            .ok_or_else(|| Error::Other(format!("snapshot {} has no database {d:?}", m.short_id()))),
         None if dbs.len() == 1 => Ok(dbs[0]),
         None => Err(Error::Other(format!(
             "snapshot {} holds {} databases ({}); pick one with --database NAME",
@@ -466,7 +499,8 @@ pub async fn restore_logical(
     let (major, version) = server_version(&admin).await?;
     let tools = Tools::find(None, major);
     tools.check_version("pg_restore", major, &version)?;
-    let exists = admin.query_opt("select 1 from pg_database where datname = $1", &[&dbname]).await.map_err(sql_err)?.is_some();
+    let exists =
+        admin.query_opt("select 1 from pg_database where datname = $1", &[&dbname]).await.map_err(sql_err)?.is_some();
     if exists {
         let db = target.connect(Some(&dbname)).await?;
         let n: i64 = db
@@ -488,7 +522,10 @@ pub async fn restore_logical(
             )));
         }
         if n > 0 || clean {
-            admin.batch_execute(&format!("drop database {} with (force)", quote_ident(&dbname))).await.map_err(sql_err)?;
+            admin
+                .batch_execute(&format!("drop database {} with (force)", quote_ident(&dbname)))
+                .await
+                .map_err(sql_err)?;
             admin.batch_execute(&format!("create database {}", quote_ident(&dbname))).await.map_err(sql_err)?;
         }
     } else {
@@ -508,13 +545,23 @@ pub async fn restore_logical(
         let mut cmd = tools.command("pg_restore");
         cmd.args(["--exit-on-error", "--jobs", &jobs.to_string(), "--dbname", &dbname]).arg(&file);
         env.apply(&mut cmd);
-        let out = tokio::task::spawn_blocking(move || cmd.output()).await.map_err(|e| Error::Other(e.to_string()))?.map_err(|e| Error::Other(format!("cannot run pg_restore: {e}")))?;
+        let out = tokio::task::spawn_blocking(move || cmd.output())
+            .await
+            .map_err(|e| Error::Other(e.to_string()))?
+            .map_err(|e| Error::Other(format!("cannot run pg_restore: {e}")))?;
         if !out.status.success() {
-            return Err(Error::Other(format!("pg_restore failed with {}{}", describe(out.status), tail(&String::from_utf8_lossy(&out.stderr)))));
+            return Err(Error::Other(format!(
+                "pg_restore failed with {}{}",
+                describe(out.status),
+                tail(&String::from_utf8_lossy(&out.stderr))
+            )));
         }
     } else {
         let mut cmd = tools.command("pg_restore");
-        cmd.args(["--exit-on-error", "--dbname", &dbname]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
+        cmd.args(["--exit-on-error", "--dbname", &dbname])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         env.apply(&mut cmd);
         let mut child = cmd.spawn().map_err(|e| Error::Other(format!("cannot run pg_restore: {e}")))?;
         let stdin = child.stdin.take().ok_or_else(|| Error::Other("no stdin pipe".into()))?;
@@ -523,11 +570,17 @@ pub async fn restore_logical(
         let status = wait(child, false).await?;
         let err = stderr.join().unwrap_or_default();
         if !status.success() {
-            return Err(Error::Other(format!("pg_restore into {dbname:?} failed with {}{}", describe(status), tail(&err))));
+            return Err(Error::Other(format!(
+                "pg_restore into {dbname:?} failed with {}{}",
+                describe(status),
+                tail(&err)
+            )));
         }
         r?;
     }
-    Ok(serde_json::json!({"database": dbname, "source_database": source_db, "seconds": started.elapsed().as_secs_f64()}))
+    Ok(
+        serde_json::json!({"database": dbname, "source_database": source_db, "seconds": started.elapsed().as_secs_f64()}),
+    )
 }
 
 /// Row counts of a restored database, in the fingerprint's shape.
@@ -539,7 +592,12 @@ pub async fn current_fingerprint(conn: &str, db: &str, mode: RowCounts) -> Resul
 
 /// Physical backup: `pg_basebackup` of the whole cluster as one tar stream
 /// (WAL needed for consistency included), with its LSNs and timeline.
-pub async fn backup_physical(session: &mut BackupSession, job: &str, conn: &str, opts: &PgOptions) -> Result<serde_json::Value> {
+pub async fn backup_physical(
+    session: &mut BackupSession,
+    job: &str,
+    conn: &str,
+    opts: &PgOptions,
+) -> Result<serde_json::Value> {
     let target = PgTarget::parse(conn)?;
     let admin = target.connect(None).await?;
     let (major, version) = server_version(&admin).await?;
@@ -548,7 +606,8 @@ pub async fn backup_physical(session: &mut BackupSession, job: &str, conn: &str,
         .await
         .map_err(sql_err)?
         .get(0);
-    let archive_mode: String = admin.query_one("select current_setting('archive_mode')", &[]).await.map_err(sql_err)?.get(0);
+    let archive_mode: String =
+        admin.query_one("select current_setting('archive_mode')", &[]).await.map_err(sql_err)?.get(0);
     drop(admin);
     let tools = Tools::find(opts.pg_bin.as_deref(), major);
     let tool_version = tools.check_version("pg_basebackup", major, &version)?;
@@ -558,9 +617,8 @@ pub async fn backup_physical(session: &mut BackupSession, job: &str, conn: &str,
     let env = target.tool_env(None)?;
     env.apply(&mut cmd);
     let (_, stderr) = stream_process(session, "base.tar", cmd, job).await?;
-    let find = |marker: &str| {
-        stderr.lines().find_map(|l| l.split_once(marker).map(|(_, rest)| rest.trim().to_string()))
-    };
+    let find =
+        |marker: &str| stderr.lines().find_map(|l| l.split_once(marker).map(|(_, rest)| rest.trim().to_string()));
     let start = find("write-ahead log start point:").unwrap_or_default();
     let (start_lsn, timeline) = match start.split_once(" on timeline ") {
         Some((l, t)) => (l.trim().to_string(), t.trim().parse::<u32>().unwrap_or(1)),
@@ -571,7 +629,9 @@ pub async fn backup_physical(session: &mut BackupSession, job: &str, conn: &str,
         .map(|l| crate::source::wal::segment_of(l, timeline, seg_size as u64))
         .unwrap_or_default();
     if start_segment.is_empty() {
-        warn!("pg_basebackup did not report its start LSN; point-in-time restore will not be able to check the WAL archive");
+        warn!(
+            "pg_basebackup did not report its start LSN; point-in-time restore will not be able to check the WAL archive"
+        );
     }
     Ok(serde_json::json!({
         "mode": "physical",
@@ -675,7 +735,11 @@ pub async fn restore_physical(
     let r = restore_stream(repo, keys, index, &m.id, stream, stdin).await;
     let status = wait(child, false).await?;
     if !status.success() {
-        return Err(Error::Other(format!("tar failed with {}{}", describe(status), tail(&err.join().unwrap_or_default()))));
+        return Err(Error::Other(format!(
+            "tar failed with {}{}",
+            describe(status),
+            tail(&err.join().unwrap_or_default())
+        )));
     }
     r?;
 
@@ -736,12 +800,17 @@ pub async fn start_and_wait(tools: &Tools, dir: &Path, port: u16, wait_secs: u64
     let log = dir.join("lifeboat-recovery.log");
     let sock = std::env::temp_dir();
     let mut cmd = tools.command("pg_ctl");
-    cmd.arg("-D").arg(dir).arg("-l").arg(&log).args(["-w", "-t", "120", "-o"]).arg(format!(
-        "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}",
-        sock.display()
-    ));
+    cmd.arg("-D")
+        .arg(dir)
+        .arg("-l")
+        .arg(&log)
+        .args(["-w", "-t", "120", "-o"])
+        .arg(format!("-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={}", sock.display()));
     cmd.arg("start").stdout(Stdio::null()).stderr(Stdio::piped());
-    let out = tokio::task::spawn_blocking(move || cmd.output()).await.map_err(|e| Error::Other(e.to_string()))?.map_err(|e| Error::Other(format!("cannot run pg_ctl: {e}")))?;
+    let out = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?
+        .map_err(|e| Error::Other(format!("cannot run pg_ctl: {e}")))?;
     let log_tail = || tail(&std::fs::read_to_string(&log).unwrap_or_default());
     if !out.status.success() {
         return Err(Error::Other(format!("the restored server did not start{}", log_tail())));
@@ -774,11 +843,17 @@ fn current_user() -> String {
         // runuser may not set USER; fall back to the name of our uid.
         let uid = std::fs::read_to_string("/proc/self/status")
             .ok()
-            .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(str::to_string)))
+            .and_then(|s| {
+                s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(str::to_string))
+            })
             .unwrap_or_default();
         std::fs::read_to_string("/etc/passwd")
             .ok()
-            .and_then(|p| p.lines().find(|l| l.split(':').nth(2) == Some(uid.as_str())).and_then(|l| l.split(':').next().map(str::to_string)))
+            .and_then(|p| {
+                p.lines()
+                    .find(|l| l.split(':').nth(2) == Some(uid.as_str()))
+                    .and_then(|l| l.split(':').next().map(str::to_string))
+            })
             .unwrap_or_else(|| "postgres".into())
     })
 }

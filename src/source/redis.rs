@@ -104,9 +104,8 @@ impl RedisTarget {
                 redact(url)
             )));
         }
-        let info = url
-            .into_connection_info()
-            .map_err(|e| Error::Other(format!("invalid Redis URL {}: {e}", redact(url))))?;
+        let info =
+            url.into_connection_info().map_err(|e| Error::Other(format!("invalid Redis URL {}: {e}", redact(url))))?;
         Ok(RedisTarget { info })
     }
 
@@ -130,9 +129,12 @@ impl RedisTarget {
     /// The same credentials and TLS settings, another node.
     fn at(&self, host: &str, port: u16) -> RedisTarget {
         let addr = match self.info.addr() {
-            ConnectionAddr::TcpTls { insecure, tls_params, .. } => {
-                ConnectionAddr::TcpTls { host: host.to_string(), port, insecure: *insecure, tls_params: tls_params.clone() }
-            }
+            ConnectionAddr::TcpTls { insecure, tls_params, .. } => ConnectionAddr::TcpTls {
+                host: host.to_string(),
+                port,
+                insecure: *insecure,
+                tls_params: tls_params.clone(),
+            },
             _ => ConnectionAddr::Tcp(host.to_string(), port),
         };
         RedisTarget { info: self.info.clone().set_addr(addr) }
@@ -167,12 +169,20 @@ impl RedisTarget {
         {
             format!("Redis at {at} rejected the password for user {user:?}; check the secret the url points to")
         } else if msg.contains("NOAUTH") {
-            format!("Redis at {at} requires a password; put it in the url (redis://:PASSWORD@host:port or redis://USER:PASSWORD@host:port)")
+            format!(
+                "Redis at {at} requires a password; put it in the url (redis://:PASSWORD@host:port or redis://USER:PASSWORD@host:port)"
+            )
         } else if msg.contains("without any password configured") {
-            format!("Redis at {at} has no password set but the url gives one; remove it from the url or set requirepass")
+            format!(
+                "Redis at {at} has no password set but the url gives one; remove it from the url or set requirepass"
+            )
         } else if msg.contains("NOPERM") {
             format!("Redis at {at}: user {user:?} lacks a permission: {msg}")
-        } else if msg.contains("refused") || msg.contains("timed out") || msg.contains("No such file") || msg.contains("resolve") {
+        } else if msg.contains("refused")
+            || msg.contains("timed out")
+            || msg.contains("No such file")
+            || msg.contains("resolve")
+        {
             format!("cannot reach Redis at {at}: {msg}")
         } else {
             format!("Redis at {at}: {msg}")
@@ -277,8 +287,13 @@ fn cluster_masters(t: &RedisTarget, con: &mut redis::Connection) -> Result<Vec<S
         // ip:port@cport[,hostname]
         let addr = f[1].split(',').next().unwrap_or("").split('@').next().unwrap_or("");
         let (host, port) = addr.rsplit_once(':').unwrap_or(("", ""));
-        let port: u16 = port.parse().map_err(|_| src_err(format!("cannot read a node address from CLUSTER NODES: {line:?}")))?;
-        let host = if host.is_empty() { t.address().rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default() } else { host.to_string() };
+        let port: u16 =
+            port.parse().map_err(|_| src_err(format!("cannot read a node address from CLUSTER NODES: {line:?}")))?;
+        let host = if host.is_empty() {
+            t.address().rsplit_once(':').map(|(h, _)| h.to_string()).unwrap_or_default()
+        } else {
+            host.to_string()
+        };
         let mut slots = Vec::new();
         for s in &f[8..] {
             if s.starts_with('[') {
@@ -319,7 +334,9 @@ fn open_socket(t: &RedisTarget) -> Result<Box<dyn Duplex>> {
         ConnectionAddr::Tcp(h, p) => Ok(Box::new(tcp_connect(h, *p).map_err(unreachable)?)),
         ConnectionAddr::TcpTls { host, port, insecure, .. } => {
             if *insecure {
-                return Err(src_err("RDB mode does not support rediss:// with #insecure; use a verifiable certificate or mode = \"logical\""));
+                return Err(src_err(
+                    "RDB mode does not support rediss:// with #insecure; use a verifiable certificate or mode = \"logical\"",
+                ));
             }
             let tcp = tcp_connect(host, *port).map_err(unreachable)?;
             let cfg = crate::crypto::tls_client_config()?;
@@ -422,7 +439,12 @@ enum Framing {
 }
 
 impl RdbReader {
-    fn new(inner: BufReader<Box<dyn Duplex>>, framing: Framing, state: Arc<Mutex<RdbTransfer>>, address: String) -> RdbReader {
+    fn new(
+        inner: BufReader<Box<dyn Duplex>>,
+        framing: Framing,
+        state: Arc<Mutex<RdbTransfer>>,
+        address: String,
+    ) -> RdbReader {
         RdbReader {
             inner,
             framing,
@@ -715,7 +737,10 @@ pub fn open_rdb(t: &RedisTarget) -> Result<(RdbReader, Arc<Mutex<RdbTransfer>>)>
     let offset = parts.next().and_then(|o| o.parse().ok()).unwrap_or(-1);
     // The payload header: `$<len>` after a disk-based save, `$EOF:<40-byte mark>` when diskless.
     let header = read_line(&mut r, true).map_err(|e| {
-        src_err(format!("the connection to Redis at {} closed before the RDB transfer started ({e}); no snapshot was written", t.address()))
+        src_err(format!(
+            "the connection to Redis at {} closed before the RDB transfer started ({e}); no snapshot was written",
+            t.address()
+        ))
     })?;
     let state = Arc::new(Mutex::new(RdbTransfer { replid, offset, ..Default::default() }));
     let framing = if let Some(mark) = header.strip_prefix("$EOF:") {
@@ -872,7 +897,8 @@ pub fn scan_keys(
         let mut seen: HashSet<[u8; 16]> = HashSet::new();
         let mut cursor: u64 = 0;
         loop {
-            let (next, keys): (u64, Vec<Vec<u8>>) = query(t, con, redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(BATCH))?;
+            let (next, keys): (u64, Vec<Vec<u8>>) =
+                query(t, con, redis::cmd("SCAN").arg(cursor).arg("COUNT").arg(BATCH))?;
             let keys: Vec<Vec<u8>> = keys
                 .into_iter()
                 .filter(|k| {
@@ -914,7 +940,12 @@ pub fn scan_keys(
                             continue;
                         }
                         Value::ServerError(e) => {
-                            return Err(src_err(t.describe(&format!("DUMP {}: {} {}", show_key(&key), e.code(), e.details().unwrap_or("")))));
+                            return Err(src_err(t.describe(&format!(
+                                "DUMP {}: {} {}",
+                                show_key(&key),
+                                e.code(),
+                                e.details().unwrap_or("")
+                            ))));
                         }
                         other => return Err(src_err(format!("unexpected DUMP reply {other:?} from {}", t.address()))),
                     };
@@ -1166,11 +1197,13 @@ pub async fn backup(session: &mut BackupSession, job: &str, url: &str, mode: &st
     for (stream, nt, shard) in shards {
         let node_info = if cluster {
             let nt2 = nt.clone();
-            Some(blocking(move || {
-                let mut c = nt2.connect()?;
-                server_info(&nt2, &mut c)
-            })
-            .await?)
+            Some(
+                blocking(move || {
+                    let mut c = nt2.connect()?;
+                    server_info(&nt2, &mut c)
+                })
+                .await?,
+            )
         } else {
             None
         };
@@ -1237,9 +1270,11 @@ pub async fn backup(session: &mut BackupSession, job: &str, url: &str, mode: &st
         meta["keys_by_db"] = serde_json::json!(totals.keys_by_db);
         meta["keys_with_expiry"] = serde_json::json!(totals.with_expiry);
         meta["vanished_during_scan"] = serde_json::json!(totals.vanished);
-        meta["consistency"] = serde_json::json!("per key: keys are read one batch at a time while the server keeps serving writes");
+        meta["consistency"] =
+            serde_json::json!("per key: keys are read one batch at a time while the server keeps serving writes");
     } else {
-        meta["consistency"] = serde_json::json!(if cluster { "point in time per shard" } else { "point in time (fork of the server)" });
+        meta["consistency"] =
+            serde_json::json!(if cluster { "point in time per shard" } else { "point in time (fork of the server)" });
         meta["databases"] = serde_json::json!(info.keyspace.keys().max().map(|m| (m + 1).max(16)).unwrap_or(16));
     }
     Ok(meta)
@@ -1270,7 +1305,12 @@ async fn backup_rdb_stream(session: &mut BackupSession, stream: &str, t: &RedisT
     Ok(tr)
 }
 
-async fn backup_logical_stream(session: &mut BackupSession, stream: &str, t: &RedisTarget, dbs: Vec<u32>) -> Result<ScanStats> {
+async fn backup_logical_stream(
+    session: &mut BackupSession,
+    stream: &str,
+    t: &RedisTarget,
+    dbs: Vec<u32>,
+) -> Result<ScanStats> {
     let (reader, writer) = std::io::pipe().map_err(|e| Error::Other(format!("cannot create a pipe: {e}")))?;
     let t2 = t.clone();
     let producer = std::thread::Builder::new()
@@ -1518,7 +1558,11 @@ struct TempDir(PathBuf);
 impl TempDir {
     fn new() -> Result<TempDir> {
         use std::os::unix::fs::DirBuilderExt;
-        let dir = std::env::temp_dir().join(format!("lifeboat-redis-{}-{}", std::process::id(), hex::encode(rand::random::<[u8; 6]>())));
+        let dir = std::env::temp_dir().join(format!(
+            "lifeboat-redis-{}-{}",
+            std::process::id(),
+            hex::encode(rand::random::<[u8; 6]>())
+        ));
         std::fs::DirBuilder::new()
             .mode(0o700)
             .create(&dir)
@@ -1587,7 +1631,10 @@ impl TempServer {
             if Instant::now() > deadline {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(Error::Other(format!("the temporary redis-server did not finish loading the RDB{}", log_tail())));
+                return Err(Error::Other(format!(
+                    "the temporary redis-server did not finish loading the RDB{}",
+                    log_tail()
+                )));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -1654,7 +1701,9 @@ mod tests {
 
     #[test]
     fn info_and_cluster_nodes_parse() {
-        let i = parse_info("# Server\r\nredis_version:7.0.15\r\nused_memory:1234\r\ncluster_enabled:0\r\n# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=0\r\ndb3:keys=5,expires=0,avg_ttl=0\r\n");
+        let i = parse_info(
+            "# Server\r\nredis_version:7.0.15\r\nused_memory:1234\r\ncluster_enabled:0\r\n# Keyspace\r\ndb0:keys=10,expires=2,avg_ttl=0\r\ndb3:keys=5,expires=0,avg_ttl=0\r\n",
+        );
         assert_eq!(i.version, "7.0.15");
         assert_eq!(i.total_keys(), 15);
         assert_eq!(i.keyspace[&3].keys, 5);

@@ -71,7 +71,8 @@ pub async fn push(repo: &Repository, keys: &Keys, cluster: &str, path: &Path) ->
     }
     let data = std::fs::read(path).map_err(|e| Error::Other(format!("cannot read {}: {e}", path.display())))?;
     let hmac = keys.dedup.chunk_id(&data);
-    let header = WalHeader { version: 1, name: name.clone(), size: data.len() as u64, hmac, pushed_at: chrono::Utc::now() };
+    let header =
+        WalHeader { version: 1, name: name.clone(), size: data.len() as u64, hmac, pushed_at: chrono::Utc::now() };
     let recipients = keys.recipients.clone();
     let body = tokio::task::spawn_blocking(move || {
         let z = zstd::bulk::compress(&data, 3).map_err(|e| Error::Other(format!("compress: {e}")))?;
@@ -102,7 +103,10 @@ pub async fn push(repo: &Repository, keys: &Keys, cluster: &str, path: &Path) ->
 
 async fn read_header(repo: &Repository, key: &str) -> Result<WalHeader> {
     let head = repo.backend.get_range(key, 0, 1024).await?;
-    let end = head.iter().position(|b| *b == b'\n').ok_or_else(|| Error::Corrupt { what: key.into(), detail: "no header line".into() })?;
+    let end = head
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| Error::Corrupt { what: key.into(), detail: "no header line".into() })?;
     serde_json::from_slice(&head[..end]).map_err(|e| Error::Corrupt { what: key.into(), detail: e.to_string() })
 }
 
@@ -118,10 +122,15 @@ pub async fn fetch(repo: &Repository, keys: &Keys, cluster: &str, name: &str, de
         }
         Err(e) => return Err(e.into()),
     };
-    let end = obj.iter().position(|b| *b == b'\n').ok_or_else(|| Error::Corrupt { what: key.clone(), detail: "no header line".into() })?;
-    let header: WalHeader = serde_json::from_slice(&obj[..end]).map_err(|e| Error::Corrupt { what: key.clone(), detail: e.to_string() })?;
+    let end = obj
+        .iter()
+        .position(|b| *b == b'\n')
+        .ok_or_else(|| Error::Corrupt { what: key.clone(), detail: "no header line".into() })?;
+    let header: WalHeader =
+        serde_json::from_slice(&obj[..end]).map_err(|e| Error::Corrupt { what: key.clone(), detail: e.to_string() })?;
     let z = ids.decrypt(&key, &obj[end + 1..])?;
-    let data = zstd::bulk::decompress(&z, header.size as usize).map_err(|e| Error::Corrupt { what: key.clone(), detail: e.to_string() })?;
+    let data = zstd::bulk::decompress(&z, header.size as usize)
+        .map_err(|e| Error::Corrupt { what: key.clone(), detail: e.to_string() })?;
     if keys.dedup.chunk_id(&data) != header.hmac {
         return Err(Error::Corrupt { what: key, detail: "content does not match its recorded hash".into() });
     }

@@ -111,7 +111,10 @@ fn list_blocking(root: &Path, prefix: &str) -> StorageResult<Vec<ObjectMeta>> {
     Ok(out)
 }
 
-async fn blocking<T: Send + 'static>(key: &str, f: impl FnOnce() -> StorageResult<T> + Send + 'static) -> StorageResult<T> {
+async fn blocking<T: Send + 'static>(
+    key: &str,
+    f: impl FnOnce() -> StorageResult<T> + Send + 'static,
+) -> StorageResult<T> {
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| StorageError::Other { key: key.to_string(), detail: format!("worker failed: {e}") })?

@@ -101,14 +101,19 @@ impl S3Backend {
                 match (status, code) {
                     (_, "NoSuchBucket") => StorageError::BucketNotFound { bucket: self.opts.bucket.clone() },
                     (_, "NoSuchKey") | (404, _) => StorageError::NotFound { key: key.to_string() },
-                    (412, _) | (409, "ConditionalRequestConflict") => StorageError::AlreadyExists { key: key.to_string() },
+                    (412, _) | (409, "ConditionalRequestConflict") => {
+                        StorageError::AlreadyExists { key: key.to_string() }
+                    }
                     (403, _) => StorageError::Denied {
                         target: format!("s3://{}/{}", self.opts.bucket, self.full_key(key)),
                         detail: se.err().message().unwrap_or(code).to_string(),
                     },
                     (301, _) => StorageError::Other {
                         key: key.to_string(),
-                        detail: format!("bucket {} is in another region; set region= in the repository URL", self.opts.bucket),
+                        detail: format!(
+                            "bucket {} is in another region; set region= in the repository URL",
+                            self.opts.bucket
+                        ),
                     },
                     _ => StorageError::Other {
                         key: key.to_string(),
@@ -116,10 +121,9 @@ impl S3Backend {
                     },
                 }
             }
-            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => StorageError::Unreachable {
-                endpoint: self.endpoint(),
-                detail: root_cause(&err),
-            },
+            SdkError::DispatchFailure(_) | SdkError::TimeoutError(_) => {
+                StorageError::Unreachable { endpoint: self.endpoint(), detail: root_cause(&err) }
+            }
             _ => StorageError::Other { key: key.to_string(), detail: format!("{}", DisplayErrorContext(&err)) },
         }
     }
@@ -167,7 +171,14 @@ impl S3Backend {
         .await;
         if result.is_err() {
             // Leave no billable parts behind.
-            let _ = self.client.abort_multipart_upload().bucket(&self.opts.bucket).key(&full).upload_id(&upload_id).send().await;
+            let _ = self
+                .client
+                .abort_multipart_upload()
+                .bucket(&self.opts.bucket)
+                .key(&full)
+                .upload_id(&upload_id)
+                .send()
+                .await;
         }
         result
     }

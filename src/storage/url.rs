@@ -36,7 +36,9 @@ impl FromStr for RepoUrl {
         if s.starts_with("s3://") {
             let u = url::Url::parse(s).map_err(|e| err(&e.to_string()))?;
             if !u.username().is_empty() || u.password().is_some() {
-                return Err(err("credentials do not belong in the URL; use the AWS credential chain (env, profile, web identity)"));
+                return Err(err(
+                    "credentials do not belong in the URL; use the AWS credential chain (env, profile, web identity)",
+                ));
             }
             let bucket = u.host_str().filter(|b| !b.is_empty()).ok_or_else(|| err("no bucket name after s3://"))?;
             if !valid_bucket(bucket) {
@@ -61,14 +63,24 @@ impl FromStr for RepoUrl {
                         }
                         opts.endpoint = Some(v.trim_end_matches('/').to_string());
                     }
-                    "path_style" => opts.path_style = Some(parse_bool(&v).ok_or_else(|| err("path_style must be true or false"))?),
-                    "allow_http" => opts.allow_http = parse_bool(&v).ok_or_else(|| err("allow_http must be true or false"))?,
-                    other => return Err(err(&format!("unknown parameter {other:?} (known: region, endpoint, path_style, allow_http)"))),
+                    "path_style" => {
+                        opts.path_style = Some(parse_bool(&v).ok_or_else(|| err("path_style must be true or false"))?)
+                    }
+                    "allow_http" => {
+                        opts.allow_http = parse_bool(&v).ok_or_else(|| err("allow_http must be true or false"))?
+                    }
+                    other => {
+                        return Err(err(&format!(
+                            "unknown parameter {other:?} (known: region, endpoint, path_style, allow_http)"
+                        )));
+                    }
                 }
             }
             if let Some(e) = &opts.endpoint {
                 if e.starts_with("http://") && !opts.allow_http {
-                    return Err(err("plain-http endpoint refused; TLS is the default. Add allow_http=true only for a local test server"));
+                    return Err(err(
+                        "plain-http endpoint refused; TLS is the default. Add allow_http=true only for a local test server",
+                    ));
                 }
             }
             return Ok(RepoUrl::S3(opts));
@@ -129,7 +141,8 @@ mod tests {
     fn parses_paths_and_s3() {
         assert_eq!("/srv/b".parse::<RepoUrl>().unwrap(), RepoUrl::Local("/srv/b".into()));
         assert_eq!("file:///srv/b".parse::<RepoUrl>().unwrap(), RepoUrl::Local("/srv/b".into()));
-        let u: RepoUrl = "s3://my-bucket/a/b?region=us-west-2&endpoint=http://127.0.0.1:9000&allow_http=true".parse().unwrap();
+        let u: RepoUrl =
+            "s3://my-bucket/a/b?region=us-west-2&endpoint=http://127.0.0.1:9000&allow_http=true".parse().unwrap();
         match &u {
             RepoUrl::S3(o) => {
                 assert_eq!(o.bucket, "my-bucket");
@@ -143,7 +156,16 @@ mod tests {
 
     #[test]
     fn rejects_malformed() {
-        for bad in ["", "s3://", "s3://B/x", "ftp://x/y", "s3://bkt/x?foo=1", "s3://bkt/x?endpoint=http://h:1", "s3://u:p@bkt/x", "file://rel"] {
+        for bad in [
+            "",
+            "s3://",
+            "s3://B/x",
+            "ftp://x/y",
+            "s3://bkt/x?foo=1",
+            "s3://bkt/x?endpoint=http://h:1",
+            "s3://u:p@bkt/x",
+            "file://rel",
+        ] {
             assert!(bad.parse::<RepoUrl>().is_err(), "{bad} should be rejected");
         }
     }

@@ -22,7 +22,8 @@ pub fn run(args: &[&str]) -> Output {
 
 pub fn run_stdin(args: &[&str], input: &[u8]) -> Output {
     use std::io::Write;
-    let mut child = bin().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let mut child =
+        bin().args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let mut stdin = child.stdin.take().unwrap();
     let data = input.to_vec();
     let t = std::thread::spawn(move || {
@@ -90,13 +91,16 @@ impl Fixture {
 
     /// Back up bytes with the write credential; returns the snapshot id.
     pub fn backup(&self, name: &str, data: &[u8]) -> String {
-        let out = run_stdin(&["backup", "--repo", &self.repo, "--write-key", self.wk(), "--stdin", "--name", name], data);
+        let out =
+            run_stdin(&["backup", "--repo", &self.repo, "--write-key", self.wk(), "--stdin", "--name", name], data);
         ok(&out).trim().to_string()
     }
 
     pub fn backup_json(&self, name: &str, data: &[u8]) -> serde_json::Value {
-        let out =
-            run_stdin(&["--json", "backup", "--repo", &self.repo, "--write-key", self.wk(), "--stdin", "--name", name], data);
+        let out = run_stdin(
+            &["--json", "backup", "--repo", &self.repo, "--write-key", self.wk(), "--stdin", "--name", name],
+            data,
+        );
         serde_json::from_str(&ok(&out)).unwrap()
     }
 
@@ -151,7 +155,8 @@ pub fn text_dump(seed: u64, len: usize) -> Vec<u8> {
         let a = r[i % r.len()] as usize;
         let b = r[(i * 7 + 3) % r.len()] as usize;
         out.extend_from_slice(
-            format!("{i}\t{}\t{}\t{} {} {}\n", a * 131 + b, words[a % 10], words[b % 10], words[(a + b) % 10], a ^ b).as_bytes(),
+            format!("{i}\t{}\t{}\t{} {} {}\n", a * 131 + b, words[a % 10], words[b % 10], words[(a + b) % 10], a ^ b)
+                .as_bytes(),
         );
         i += 1;
     }
@@ -191,8 +196,9 @@ pub fn du(dir: &Path) -> u64 {
 // ---- S3 test server ----
 
 pub fn s3_endpoint() -> String {
-    std::env::var("LIFEBOAT_TEST_S3_ENDPOINT")
-        .expect("LIFEBOAT_TEST_S3_ENDPOINT is not set: run the tests with scripts/test, which starts the S3 test server")
+    std::env::var("LIFEBOAT_TEST_S3_ENDPOINT").expect(
+        "LIFEBOAT_TEST_S3_ENDPOINT is not set: run the tests with scripts/test, which starts the S3 test server",
+    )
 }
 
 pub fn s3_url(bucket: &str, region: &str, prefix: &str) -> String {
