@@ -201,7 +201,7 @@ pub fn generate_identity() -> (String, String) {
     let recipient = id.to_public().to_string();
     let text = format!(
         "# created: {}\n# public key: {}\n{}\n",
-        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        crate::clock::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         recipient,
         id.to_string().expose_secret()
     );

@@ -12,6 +12,7 @@
 
 pub mod check;
 pub mod chunker;
+pub mod clock;
 pub mod crypto;
 pub mod deploy;
 pub mod error;

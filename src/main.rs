@@ -469,6 +469,10 @@ fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
+    // The runbook test checks that every documented command parses, without running it.
+    if std::env::var_os("LIFEBOAT_PARSE_ONLY").is_some() {
+        return ExitCode::SUCCESS;
+    }
     init_logging(&cli);
     let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -1149,7 +1153,7 @@ async fn status(a: StatusArgs, json: bool) -> Result<ExitCode> {
     let policy = Policy::load(&a.policy)?;
     let primary = Repository::open(&policy.primary()?).await?;
     let keys = any_keys(&primary, a.write_key.as_deref(), &a.identity).await?;
-    let now = chrono::Utc::now();
+    let now = lifeboat::clock::now();
     // Snapshot summaries per repository (a replica may be unreachable: say so).
     let mut per_repo = Vec::new();
     for r in &policy.repositories {
@@ -1320,7 +1324,7 @@ async fn forget_cmd(a: ForgetArgs, json: bool) -> Result<ExitCode> {
     let policy = Policy::load(&a.policy)?;
     let repo = Repository::open(&policy.primary()?).await?;
     let keys = any_keys(&repo, a.write_key.as_deref(), &a.identity).await?;
-    let now = chrono::Utc::now();
+    let now = lifeboat::clock::now();
     let mut reports = Vec::new();
     for job in &policy.jobs {
         if !a.jobs.is_empty() && !a.jobs.contains(&job.name) {
@@ -1396,7 +1400,7 @@ async fn replicate_all(
         };
         if let Ok(rep) = &res {
             let _ = repo
-                .write_record("replication", &serde_json::json!({"time": chrono::Utc::now(), "replica": r.name, "region": r.region(), "report": rep}))
+                .write_record("replication", &serde_json::json!({"time": lifeboat::clock::now(), "replica": r.name, "region": r.region(), "report": rep}))
                 .await;
         }
         out.push((r.name.clone(), r.region(), res));
@@ -1473,7 +1477,7 @@ async fn run_once(
     keys: &Keys,
     extra_tags: &[String],
 ) -> (Steps, lifeboat::metrics::JobMetrics) {
-    let started = chrono::Utc::now();
+    let started = lifeboat::clock::now();
     let clock = std::time::Instant::now();
     let mut steps: Vec<(String, std::result::Result<String, String>)> = Vec::new();
     let mut metrics = lifeboat::metrics::JobMetrics {
@@ -1527,7 +1531,7 @@ async fn run_once(
     // 3. Retention.
     match retention_groups(job) {
         Ok(Some(groups)) => {
-            match lifeboat::prune::forget(repo, keys, &job.name, &groups, chrono::Utc::now(), false).await {
+            match lifeboat::prune::forget(repo, keys, &job.name, &groups, lifeboat::clock::now(), false).await {
                 Ok(r) => steps.push(("retention".into(), Ok(format!("{} snapshot(s) removed", r.removed.len())))),
                 Err(e) => steps.push(("retention".into(), Err(format!("{e:#}")))),
             }
@@ -1542,7 +1546,7 @@ async fn run_once(
     metrics.failures_total = u64::from(!failed.is_empty());
     metrics.duration_secs = clock.elapsed().as_secs_f64();
     if metrics.success {
-        metrics.last_success_timestamp = Some(chrono::Utc::now().timestamp() as f64);
+        metrics.last_success_timestamp = Some(lifeboat::clock::now().timestamp() as f64);
     }
     if let Some(alerts) = &policy.alerts {
         if let Some(gw) = &alerts.pushgateway {
@@ -1563,13 +1567,13 @@ async fn run_once(
                 job: job.name.clone(),
                 kind: "failure".into(),
                 reason,
-                time: chrono::Utc::now(),
+                time: lifeboat::clock::now(),
             });
         }
         // The newest recoverable point older than the RPO target is an incident too.
         if let Some(rpo) = job.rpo.as_deref().and_then(|r| lifeboat::schedule::parse_duration(r).ok()) {
             if let Ok(Some(point)) = newest_recoverable(repo, keys, job).await {
-                let age = chrono::Utc::now() - point;
+                let age = lifeboat::clock::now() - point;
                 if age > rpo {
                     let reason = format!(
                         "newest recoverable point {} is {} old, older than the RPO target {}",
@@ -1582,7 +1586,7 @@ async fn run_once(
                         job: job.name.clone(),
                         kind: "rpo".into(),
                         reason,
-                        time: chrono::Utc::now(),
+                        time: lifeboat::clock::now(),
                     });
                 }
             }

@@ -317,7 +317,7 @@ impl Policy {
         use crate::schedule::{Schedule, fmt_duration, parse_duration};
         let mut out = Vec::new();
         let at = |anchor: &str, value: &str| locate_after(&self.path, &self.text, anchor, value);
-        let now = chrono::Utc::now();
+        let now = crate::clock::now();
         // Regions.
         let regions: Vec<String> = self.repositories.iter().map(|r| r.region()).collect();
         if let Some(primary) = self.repositories.first() {

@@ -128,7 +128,7 @@ impl Repository {
             format: FORMAT_NAME.into(),
             version: FORMAT_VERSION,
             id: hex::encode(rand::random::<[u8; 16]>()),
-            created: chrono::Utc::now(),
+            created: crate::clock::now(),
             chunker: opts.chunker,
             compression_level: opts.compression_level,
             pack_size: opts.pack_size,
@@ -335,7 +335,7 @@ impl Repository {
         let ct = crypto::encrypt(&recipients, &pt)?;
         let key = format!(
             "records/{kind}/{}-{}",
-            chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ"),
+            crate::clock::now().format("%Y%m%dT%H%M%S%.6fZ"),
             hex::encode(rand::random::<[u8; 4]>())
         );
         self.backend.put_new(&key, Bytes::from(ct)).await?;

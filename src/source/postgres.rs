@@ -613,7 +613,7 @@ pub async fn backup_physical(
     let tool_version = tools.check_version("pg_basebackup", major, &version)?;
     let mut cmd = tools.command("pg_basebackup");
     cmd.args(["--pgdata=-", "--format=tar", "--wal-method=fetch", "--checkpoint=fast", "--verbose", "--no-password"]);
-    let started = chrono::Utc::now();
+    let started = crate::clock::now();
     let env = target.tool_env(None)?;
     env.apply(&mut cmd);
     let (_, stderr) = stream_process(session, "base.tar", cmd, job).await?;

@@ -72,7 +72,7 @@ pub async fn push(repo: &Repository, keys: &Keys, cluster: &str, path: &Path) ->
     let data = std::fs::read(path).map_err(|e| Error::Other(format!("cannot read {}: {e}", path.display())))?;
     let hmac = keys.dedup.chunk_id(&data);
     let header =
-        WalHeader { version: 1, name: name.clone(), size: data.len() as u64, hmac, pushed_at: chrono::Utc::now() };
+        WalHeader { version: 1, name: name.clone(), size: data.len() as u64, hmac, pushed_at: crate::clock::now() };
     let recipients = keys.recipients.clone();
     let body = tokio::task::spawn_blocking(move || {
         let z = zstd::bulk::compress(&data, 3).map_err(|e| Error::Other(format!("compress: {e}")))?;
