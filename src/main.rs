@@ -361,6 +361,33 @@ struct RestoreArgs {
     /// Redis: restore into a non-empty server or cluster by deleting every key first (FLUSHALL).
     #[arg(long)]
     flush: bool,
+    #[command(flatten)]
+    kube: KubeRestoreArgs,
+}
+
+/// Kubernetes snapshots: `--to kube[:CONTEXT]` applies to a cluster, `--to-dir DIR` writes YAML
+/// files for `kubectl apply -f DIR`. etcd snapshots: `--to-dir DIR` makes a data directory.
+#[derive(Args)]
+struct KubeRestoreArgs {
+    /// Kubernetes: kubeconfig for --to kube[:CONTEXT] (default: KUBECONFIG, ~/.kube/config, in-cluster).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Kubernetes: restore namespace OLD as NEW (OLD=NEW; repeatable).
+    #[arg(long = "namespace-map", value_name = "OLD=NEW")]
+    namespace_map: Vec<String>,
+    /// Kubernetes: restore only these resource types (deployments, deployments.apps, Deployment)
+    /// or namespaces (ns:NAME, as named in the snapshot); repeatable.
+    #[arg(long, value_name = "TYPE|ns:NAME")]
+    include: Vec<String>,
+    /// Kubernetes: leave out these resource types or namespaces (ns:NAME); wins over --include.
+    #[arg(long, value_name = "TYPE|ns:NAME")]
+    exclude: Vec<String>,
+    /// Kubernetes: an object that already exists is left alone (skip) or updated by server-side apply (update).
+    #[arg(long, default_value = "skip", value_parser = ["skip", "update"])]
+    existing: String,
+    /// Kubernetes: print the restore plan in order and change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 #[derive(Args)]
@@ -781,12 +808,16 @@ async fn backup_job_inner(
             let meta = rd::backup(&mut session, &job.name, &conn, job.mode.as_deref().unwrap_or("rdb")).await;
             session.finish(meta).await?
         }
-        other => {
-            return Err(NotYet(match other {
-                JobKind::Kubernetes => "backup (kubernetes jobs)",
-                _ => "backup (etcd jobs)",
-            })
-            .into());
+        JobKind::Kubernetes => {
+            let mut session = BackupSession::start(repo, keys, opts).await?;
+            let meta = lifeboat::source::kubernetes::backup(&mut session, &job.kube_options()).await;
+            session.finish(meta).await?
+        }
+        JobKind::Etcd => {
+            let o = job.etcd_options()?;
+            let mut session = BackupSession::start(repo, keys, opts).await?;
+            let meta = lifeboat::source::etcd::backup(&mut session, &o).await;
+            session.finish(meta).await?
         }
     })
 }
@@ -872,6 +903,37 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
     if manifest.kind == "redis" {
         if let Some(code) = restore_redis(&a, &repo, &keys, &manifest, json).await? {
             return Ok(code);
+        }
+    }
+    if manifest.kind == "kubernetes" {
+        if let Some(code) = restore_kubernetes(&a, &repo, &keys, &manifest, json).await? {
+            return Ok(code);
+        }
+    }
+    if a.to.as_deref().is_some_and(|t| t == "kube" || t.starts_with("kube:")) {
+        bail!(
+            "snapshot {} is a {} snapshot; --to kube restores kubernetes snapshots",
+            manifest.short_id(),
+            manifest.kind
+        );
+    }
+    if manifest.kind == "etcd" {
+        if let Some(dir) = &a.to_dir {
+            let index = repo.load_index(&keys).await?;
+            let o = lifeboat::source::etcd::DataDirOptions::default();
+            let r = lifeboat::source::etcd::restore_to_dir(&repo, &keys, &index, &manifest, dir, &o).await?;
+            if json {
+                println!("{}", serde_json::json!({"id": manifest.id, "result": r}));
+            } else {
+                eprintln!(
+                    "restored etcd snapshot {} (revision {}) into {}; {}",
+                    manifest.short_id(),
+                    r["revision"],
+                    dir.display(),
+                    r["next"].as_str().unwrap_or("")
+                );
+            }
+            return Ok(ExitCode::SUCCESS);
         }
     }
     let wanted = a.stream.clone().or_else(|| a.database.as_ref().map(|d| format!("db/{d}")));
@@ -1005,6 +1067,88 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
         );
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// A Kubernetes snapshot into a cluster (`--to kube[:CONTEXT]`), YAML files
+/// (`--to-dir`), or a printed plan (`--dry-run`); `None` for a raw stream target.
+async fn restore_kubernetes(
+    a: &RestoreArgs,
+    repo: &Repository,
+    keys: &Keys,
+    manifest: &Manifest,
+    json: bool,
+) -> Result<Option<ExitCode>> {
+    use lifeboat::source::kubernetes as k8s;
+    let context = match a.to.as_deref() {
+        Some("kube") => Some(None),
+        Some(t) if t.starts_with("kube:") => Some(Some(t["kube:".len()..].to_string())),
+        _ => None,
+    };
+    if context.is_none() && a.to_dir.is_none() && !a.kube.dry_run {
+        return Ok(None);
+    }
+    let filter =
+        k8s::RestoreFilter { include: a.kube.include.clone(), exclude: a.kube.exclude.clone(), ..Default::default() }
+            .with_namespace_map(&a.kube.namespace_map)?;
+    let index = repo.load_index(keys).await?;
+    let plan = k8s::read_plan(repo, keys, &index, manifest, &filter).await?;
+    let mut failures = plan.errors.clone();
+    if a.kube.dry_run {
+        if json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            println!(
+                "restore plan for snapshot {} ({} objects, in this order):",
+                manifest.short_id(),
+                plan.objects.len()
+            );
+            for o in &plan.objects {
+                println!("  {:<16} {}", format!("{:?}", o.phase).to_lowercase(), o.describe());
+            }
+        }
+    } else if let Some(dir) = &a.to_dir {
+        let files = k8s::write_yaml_dir(&plan, dir)?;
+        if json {
+            println!(
+                "{}",
+                serde_json::json!({"id": manifest.id, "files": files.len(), "dir": dir, "failures": failures})
+            );
+        } else {
+            eprintln!(
+                "wrote {} YAML files of snapshot {} into {} (apply with `kubectl apply -f {}`)",
+                files.len(),
+                manifest.short_id(),
+                dir.display(),
+                dir.display()
+            );
+        }
+    } else if let Some(context) = context {
+        let client = k8s::client(a.kube.kubeconfig.as_deref(), context.as_deref()).await?;
+        let existing = if a.kube.existing == "update" { k8s::Existing::Update } else { k8s::Existing::Skip };
+        let r = k8s::apply_plan(&client, &plan, existing).await?;
+        failures = r.failures.clone();
+        if json {
+            println!("{}", serde_json::json!({"id": manifest.id, "result": r}));
+        } else {
+            eprintln!(
+                "restored snapshot {}: {} created, {} updated, {} already there (left alone), {} failed",
+                manifest.short_id(),
+                r.created,
+                r.updated,
+                r.existing_skipped,
+                r.failures.len()
+            );
+        }
+    }
+    for f in &failures {
+        eprintln!("error: {f}");
+    }
+    if failures.is_empty() {
+        Ok(Some(ExitCode::SUCCESS))
+    } else {
+        eprintln!("error: {} object(s) could not be restored (listed above); the others were", failures.len());
+        Ok(Some(ExitCode::from(1)))
+    }
 }
 
 /// A Redis snapshot into a server/cluster (`--to redis://…|env:NAME`) or a

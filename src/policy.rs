@@ -174,6 +174,41 @@ pub struct JobSpec {
     /// Continuous WAL archiving (`archive_command = 'lifeboat wal push …'`) is set up for this job.
     #[serde(default)]
     pub wal_archiving: bool,
+
+    // --- kubernetes ---
+    /// Kubeconfig file (default: in-cluster service account, then KUBECONFIG / ~/.kube/config).
+    #[serde(default)]
+    pub kubeconfig: Option<PathBuf>,
+    /// Kubeconfig context (default: the current one).
+    #[serde(default)]
+    pub context: Option<String>,
+    /// Only these namespaces (default: all); cluster-scoped types are always exported.
+    #[serde(default)]
+    pub namespaces: Vec<String>,
+    #[serde(default)]
+    pub exclude_namespaces: Vec<String>,
+    /// Only these resource types (`deployments`, `deployments.apps`, `Deployment`, `widgets.example.com`).
+    #[serde(default)]
+    pub resources: Vec<String>,
+    #[serde(default)]
+    pub exclude_resources: Vec<String>,
+    #[serde(default)]
+    pub label_selector: Option<String>,
+    /// Also export objects a controller owns (ReplicaSets and Pods of Deployments…).
+    #[serde(default)]
+    pub include_owned: bool,
+
+    // --- etcd ---
+    /// `https://host:2379` (several: the first that answers).
+    #[serde(default)]
+    pub endpoints: Vec<String>,
+    /// CA bundle, client certificate and client key (file paths; `file:PATH` also accepted).
+    #[serde(default)]
+    pub cacert: Option<String>,
+    #[serde(default)]
+    pub cert: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
 }
 
 impl JobSpec {
@@ -185,6 +220,36 @@ impl JobSpec {
             row_counts: self.row_counts,
             pg_bin: self.pg_bin.clone(),
         }
+    }
+
+    pub fn kube_options(&self) -> crate::source::kubernetes::ExportOptions {
+        crate::source::kubernetes::ExportOptions {
+            kubeconfig: self.kubeconfig.clone(),
+            context: self.context.clone(),
+            namespaces: self.namespaces.clone(),
+            exclude_namespaces: self.exclude_namespaces.clone(),
+            resources: self.resources.clone(),
+            exclude_resources: self.exclude_resources.clone(),
+            label_selector: self.label_selector.clone(),
+            include_owned: self.include_owned,
+        }
+    }
+
+    /// etcd connection; `env:NAME` names a variable holding the path, `file:PATH` is the path.
+    pub fn etcd_options(&self) -> Result<crate::source::etcd::EtcdOptions> {
+        let path = |v: &Option<String>| -> Result<Option<PathBuf>> {
+            Ok(match v.as_deref() {
+                None => None,
+                Some(r) if r.starts_with("env:") => Some(PathBuf::from(resolve_secret(r)?)),
+                Some(r) => Some(PathBuf::from(r.strip_prefix("file:").unwrap_or(r))),
+            })
+        };
+        Ok(crate::source::etcd::EtcdOptions {
+            endpoints: self.endpoints.clone(),
+            cacert: path(&self.cacert)?,
+            cert: path(&self.cert)?,
+            key: path(&self.key)?,
+        })
     }
 
     /// The connection string, resolved from `env:` / `file:`.
@@ -285,6 +350,18 @@ impl Policy {
             }
             for d in [&j.rpo, &j.rto].into_iter().flatten() {
                 crate::schedule::parse_duration(d).map_err(|e| err(d, format!("job {:?}: {e}", j.name)))?;
+            }
+            if j.kind == JobKind::Etcd && j.endpoints.is_empty() {
+                return Err(err(
+                    &j.name,
+                    format!("job {:?} has kind = \"etcd\" but no endpoints = [\"https://host:2379\"]", j.name),
+                ));
+            }
+            if j.kind == JobKind::Etcd && j.cert.is_some() != j.key.is_some() {
+                return Err(err(
+                    &j.name,
+                    format!("job {:?}: cert and key go together (client TLS needs both)", j.name),
+                ));
             }
             if j.kind == JobKind::Command && j.command.is_none() {
                 return Err(err(&j.name, format!("job {:?} has kind = \"command\" but no command = \"…\"", j.name)));

@@ -4,6 +4,8 @@
 //! command whose stdout is the stream (e.g. `tar -C /data -c .`) — and the
 //! process plumbing the database sources share.
 
+pub mod etcd;
+pub mod kubernetes;
 pub mod postgres;
 pub mod redis;
 pub mod wal;
