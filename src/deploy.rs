@@ -53,6 +53,24 @@ pub fn render(policy: &Policy, o: &RenderOptions) -> Result<Vec<Value>> {
                      "labels": {"app.kubernetes.io/name": "lifeboat"}},
         "automountServiceAccountToken": true,
     }));
+    // A kubernetes job exports the cluster through the API: read-only access to every type
+    // (what it may not list is skipped with a warning, so grant what should be backed up).
+    if policy.jobs.iter().any(|j| j.kind == crate::policy::JobKind::Kubernetes && j.kubeconfig.is_none()) {
+        let labels = json!({"app.kubernetes.io/name": "lifeboat"});
+        docs.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRole",
+            "metadata": {"name": "lifeboat-read", "labels": labels},
+            "rules": [{"apiGroups": ["*"], "resources": ["*"], "verbs": ["get", "list"]}],
+        }));
+        docs.push(json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "ClusterRoleBinding",
+            "metadata": {"name": format!("lifeboat-read-{}", o.namespace), "labels": labels},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "lifeboat-read"},
+            "subjects": [{"kind": "ServiceAccount", "name": "lifeboat", "namespace": o.namespace}],
+        }));
+    }
     for job in &policy.jobs {
         let Some(schedule) = &job.schedule else { continue };
         if schedule.split_whitespace().count() != 5 {

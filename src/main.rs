@@ -905,10 +905,10 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
             return Ok(code);
         }
     }
-    if manifest.kind == "kubernetes" {
-        if let Some(code) = restore_kubernetes(&a, &repo, &keys, &manifest, json).await? {
-            return Ok(code);
-        }
+    if manifest.kind == "kubernetes"
+        && let Some(code) = restore_kubernetes(&a, &repo, &keys, &manifest, json).await?
+    {
+        return Ok(code);
     }
     if a.to.as_deref().is_some_and(|t| t == "kube" || t.starts_with("kube:")) {
         bail!(
@@ -917,24 +917,24 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
             manifest.kind
         );
     }
-    if manifest.kind == "etcd" {
-        if let Some(dir) = &a.to_dir {
-            let index = repo.load_index(&keys).await?;
-            let o = lifeboat::source::etcd::DataDirOptions::default();
-            let r = lifeboat::source::etcd::restore_to_dir(&repo, &keys, &index, &manifest, dir, &o).await?;
-            if json {
-                println!("{}", serde_json::json!({"id": manifest.id, "result": r}));
-            } else {
-                eprintln!(
-                    "restored etcd snapshot {} (revision {}) into {}; {}",
-                    manifest.short_id(),
-                    r["revision"],
-                    dir.display(),
-                    r["next"].as_str().unwrap_or("")
-                );
-            }
-            return Ok(ExitCode::SUCCESS);
+    if manifest.kind == "etcd"
+        && let Some(dir) = &a.to_dir
+    {
+        let index = repo.load_index(&keys).await?;
+        let o = lifeboat::source::etcd::DataDirOptions::default();
+        let r = lifeboat::source::etcd::restore_to_dir(&repo, &keys, &index, &manifest, dir, &o).await?;
+        if json {
+            println!("{}", serde_json::json!({"id": manifest.id, "result": r}));
+        } else {
+            eprintln!(
+                "restored etcd snapshot {} (revision {}) into {}; {}",
+                manifest.short_id(),
+                r["revision"],
+                dir.display(),
+                r["next"].as_str().unwrap_or("")
+            );
         }
+        return Ok(ExitCode::SUCCESS);
     }
     let wanted = a.stream.clone().or_else(|| a.database.as_ref().map(|d| format!("db/{d}")));
     let is_db_target =

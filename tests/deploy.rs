@@ -6,6 +6,7 @@ mod common;
 use common::*;
 use k8s_openapi::api::batch::v1::CronJob;
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
 
 fn check_docs(yaml: &str, what: &str) -> Vec<CronJob> {
     let mut cronjobs = Vec::new();
@@ -24,6 +25,14 @@ fn check_docs(yaml: &str, what: &str) -> Vec<CronJob> {
             }
             "Namespace" => {
                 serde_yaml::from_value::<Namespace>(v).unwrap_or_else(|e| panic!("{what}: Namespace: {e}"));
+            }
+            "ClusterRole" => {
+                serde_yaml::from_value::<ClusterRole>(v).unwrap_or_else(|e| panic!("{what}: ClusterRole: {e}"));
+            }
+            "ClusterRoleBinding" => {
+                let b = serde_yaml::from_value::<ClusterRoleBinding>(v)
+                    .unwrap_or_else(|e| panic!("{what}: ClusterRoleBinding: {e}"));
+                assert_eq!(b.subjects.unwrap()[0].name, "lifeboat");
             }
             "Kustomization" => {}
             other => panic!("{what}: unexpected kind {other}"),
@@ -69,7 +78,12 @@ fn rendered_manifests_parse_and_are_hardened() {
     let cjs = check_docs(&yaml, "rendered");
     // Every scheduled job gets one; the unscheduled manual job none.
     let names: Vec<String> = cjs.iter().map(|c| c.metadata.name.clone().unwrap()).collect();
-    assert_eq!(names, ["lifeboat-orders-db", "lifeboat-orders-db-physical", "lifeboat-uploads"]);
+    assert_eq!(
+        names,
+        ["lifeboat-orders-db", "lifeboat-orders-db-physical", "lifeboat-uploads", "lifeboat-cluster-state"]
+    );
+    // The cluster-state job reads the API: its ServiceAccount is bound to a read-only ClusterRole.
+    assert!(yaml.contains("kind: ClusterRoleBinding") && yaml.contains("lifeboat-read"));
     cjs.iter().for_each(assert_hardened);
     assert!(yaml.contains("eks.amazonaws.com/role-arn"));
     let env =

@@ -139,11 +139,13 @@ fn snapshot_of_10k_keys_restores_into_a_new_member_with_every_key_and_value() {
     assert_eq!(src["sha256"].as_str().unwrap().len(), 64, "{src}");
     assert!(src["version"].as_str().unwrap().starts_with("3."), "{src}");
     assert!(src["db_size"].as_i64().unwrap() > 0);
+    eprintln!("--- source metadata: {src}");
 
     // Restore to a new data dir, start a second etcd from it on other ports.
     let dir = f.dir.path().join("restored");
     let out = run(&["restore", "--repo", &f.repo, "--identity", f.id(), &id, "--to-dir", dir.to_str().unwrap()]);
     ok(&out);
+    eprintln!("--- restore:\n{}", stderr(&out));
     assert!(dir.join("member").is_dir(), "{}", stderr(&out));
     let copy = f.dir.path().join("restored-copy");
     assert!(Command::new("cp").arg("-a").arg(&dir).arg(&copy).status().unwrap().success());
@@ -163,7 +165,14 @@ fn snapshot_of_10k_keys_restores_into_a_new_member_with_every_key_and_value() {
     // The library check verify uses: a throwaway member on free ports.
     let check = rt.block_on(lifeboat::source::etcd::check_data_dir(&copy, "default")).unwrap();
     assert!(check.keys >= 10_000, "{check:?}");
+    assert_eq!(check.keys, src["keys"].as_i64().unwrap());
     assert_eq!(check.revision, src["revision"].as_i64().unwrap());
+
+    // Leave the shared server as we found it.
+    rt.block_on(async {
+        let mut c = connect(&endpoint()).await;
+        c.delete(prefix.as_str(), Some(etcd_client::DeleteOptions::new().with_prefix())).await.unwrap();
+    });
 }
 
 fn openssl(dir: &Path, args: &[&str]) {
@@ -293,6 +302,7 @@ fn tls_etcd_works_with_the_right_credentials_and_fails_clearly_with_wrong_ones()
     let bad = backup("ca.crt", "intruder.crt", "intruder.key");
     assert_eq!(bad.status.code(), Some(1), "{}", stderr(&bad));
     let err = stderr(&bad);
+    eprintln!("--- wrong client certificate:\n{err}");
     assert!(err.contains(&format!("etcd at {ep} did not answer")), "{err}");
     assert!(err.contains("cacert, cert, key") && err.contains("no snapshot was written"), "{err}");
     assert!(!err.contains(&key_body), "the key leaked into the message");

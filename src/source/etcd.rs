@@ -407,10 +407,10 @@ pub async fn restore_to_dir(
         )));
     }
     let recorded = manifest.source.get("sha256").and_then(Value::as_str);
-    if let Some(r) = recorded {
-        if r != sha {
-            warn!("the snapshot's hash {sha} differs from the one recorded at backup ({r})");
-        }
+    if let Some(r) = recorded
+        && r != sha
+    {
+        warn!("the snapshot's hash {sha} differs from the one recorded at backup ({r})");
     }
     Ok(serde_json::json!({
         "data_dir": dir.display().to_string(),

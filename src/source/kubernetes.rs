@@ -202,10 +202,10 @@ fn type_matches(word: &str, group: &str, kind: &str, plural: Option<&str>) -> bo
         Some((n, g)) => (n.to_string(), Some(g.to_string())),
         None => (w.clone(), None),
     };
-    if let Some(g) = &grp {
-        if g != group {
-            return false;
-        }
+    if let Some(g) = &grp
+        && g != group
+    {
+        return false;
     }
     name == kind_l || plural.is_some_and(|p| p == name) || (plural.is_none() && name == format!("{kind_l}s"))
 }
@@ -497,6 +497,14 @@ pub async fn export(client: &kube::Client, server: &str, opts: &ExportOptions) -
             objects.push((t.group.clone(), t.kind.clone(), ns.unwrap_or_default(), name, canonical_json(&item)));
         }
     }
+    if listed_types.is_empty() && !skipped.is_empty() {
+        return Err(src_err(format!(
+            "every resource type was refused ({} types, e.g. {}: {}); grant the job's credentials get/list",
+            skipped.len(),
+            skipped[0].resource,
+            skipped[0].reason
+        )));
+    }
     objects.sort();
     let mut data = Vec::new();
     for o in &objects {
@@ -718,10 +726,10 @@ impl RestoreFilter {
         }
         if !ns_inc.is_empty() {
             // Cluster-scoped objects other than Namespaces stay in.
-            if let Some(ns) = ns_of {
-                if !ns_inc.iter().any(|n| n == ns) {
-                    return false;
-                }
+            if let Some(ns) = ns_of
+                && !ns_inc.iter().any(|n| n == ns)
+            {
+                return false;
             }
         }
         true
@@ -779,12 +787,12 @@ fn map_namespaces(obj: &mut Value, kind: &str, map: &BTreeMap<String, String>) {
             meta.insert(field.into(), Value::String(new.clone()));
         }
     }
-    if matches!(kind, "RoleBinding" | "ClusterRoleBinding") {
-        if let Some(subjects) = obj.get_mut("subjects").and_then(Value::as_array_mut) {
-            for s in subjects {
-                if let Some(new) = s.get("namespace").and_then(Value::as_str).and_then(|ns| map.get(ns)) {
-                    s["namespace"] = Value::String(new.clone());
-                }
+    if matches!(kind, "RoleBinding" | "ClusterRoleBinding")
+        && let Some(subjects) = obj.get_mut("subjects").and_then(Value::as_array_mut)
+    {
+        for s in subjects {
+            if let Some(new) = s.get("namespace").and_then(Value::as_str).and_then(|ns| map.get(ns)) {
+                s["namespace"] = Value::String(new.clone());
             }
         }
     }
@@ -1052,10 +1060,8 @@ async fn apply_one(
             }
         }
         Existing::Update => {
-            let exists = matches!(
-                client.request::<Value>(req.get(&o.name, &GetParams::default()).map_err(|e| e.to_string())?).await,
-                Ok(_)
-            );
+            let get = req.get(&o.name, &GetParams::default()).map_err(|e| e.to_string())?;
+            let exists = client.request::<Value>(get).await.is_ok();
             let pp = PatchParams::apply(FIELD_MANAGER).force();
             let r = req.patch(&o.name, &pp, &Patch::Apply(&o.object)).map_err(|e| e.to_string())?;
             client.request::<Value>(r).await.map_err(|e| describe(&e))?;
