@@ -22,6 +22,7 @@ pub mod policy;
 pub mod prune;
 pub mod replicate;
 pub mod repo;
+pub mod report;
 pub mod retention;
 pub mod schedule;
 pub mod source;

@@ -420,12 +420,26 @@ struct DrillArgs {
 
 #[derive(Args)]
 struct ReportArgs {
+    /// Policy file (repositories, jobs and their RPO/RTO targets).
     #[arg(long)]
-    month: String,
+    policy: PathBuf,
+    /// Read the records from this repository of the policy instead of the primary (when the primary region is gone).
+    #[arg(long)]
+    repository: Option<String>,
+    #[command(flatten)]
+    identity: IdentityArg,
+    /// The month, YYYY-MM (UTC).
+    #[arg(long, value_parser = parse_month)]
+    month: lifeboat::report::Month,
     #[arg(long, value_parser = ["html", "md", "json"], default_value = "html")]
     format: String,
+    /// Write the report here (atomically) instead of standard output.
     #[arg(long)]
     output: Option<PathBuf>,
+}
+
+fn parse_month(s: &str) -> std::result::Result<lifeboat::report::Month, String> {
+    s.parse().map_err(|e: lifeboat::report::ReportError| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -584,7 +598,7 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Wal(w) => wal_cmd(w, json).await,
         Cmd::Verify(_) => Err(NotYet("verify").into()),
         Cmd::Drill(_) => Err(NotYet("drill").into()),
-        Cmd::Report(_) => Err(NotYet("report").into()),
+        Cmd::Report(a) => report_cmd(a).await,
         Cmd::Deploy(DeployCmd::Render(a)) => {
             let policy = Policy::load(&a.policy)?;
             let mut o = lifeboat::deploy::RenderOptions {
@@ -1817,4 +1831,33 @@ fn rand_below(n: u64) -> u64 {
         .map(|d| d.subsec_nanos() as u64)
         .unwrap_or(0);
     t % n
+}
+
+/// The monthly DR drill report, to stdout or atomically to --output.
+async fn report_cmd(a: ReportArgs) -> Result<ExitCode> {
+    use lifeboat::report;
+    let policy = Policy::load(&a.policy)?;
+    let format: report::Format = a.format.parse()?;
+    if a.identity.identity.is_none() {
+        return Err(lifeboat::Error::NeedIdentity { action: "reading the records for a report".into() }.into());
+    }
+    let ids = load_identity(&a.identity)?;
+    let data = report::gather(&policy, a.repository.as_deref(), ids, a.month, lifeboat::clock::now()).await?;
+    let text = report::render(&data, format)?;
+    let Some(path) = a.output else {
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".lifeboat-report.{}.{}", std::process::id(), hex::encode(rand_bytes())));
+    let written = std::fs::write(&tmp, text.as_bytes())
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!("cannot write {}", path.display())));
+    }
+    eprintln!("{} report for {}: {} ({} reason(s))", a.format, data.title, data.verdict.label(), data.reasons.len());
+    println!("{}", path.display());
+    Ok(ExitCode::SUCCESS)
 }
