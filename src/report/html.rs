@@ -37,7 +37,8 @@ main{max-width:1200px;margin:0 auto;padding:20px 24px 40px}
 .reasons li{margin:2px 0}
 .tiles{display:grid;grid-template-columns:repeat(6,1fr);gap:12px;margin:16px 0}
 .tile{background:#fff;border-radius:10px;padding:12px 16px;border-top:6px solid #dadce0}
-.tile.good{border-top-color:#188038}.tile.bad{border-top-color:#c5221f}.tile.warn{border-top-color:#e37400}
+.tile.t-good{border-top-color:#188038}.tile.t-bad{border-top-color:#c5221f}.tile.t-warn{border-top-color:#e37400}
+.t-bad .num{color:#c5221f}.t-warn .num{color:#b06000}
 .tile .lbl{font-size:13px;color:#5f6368;text-transform:uppercase;letter-spacing:.5px}
 .tile .num{font-size:30px;font-weight:700;margin:2px 0}
 .tile .sub{font-size:13px;color:#5f6368}
@@ -48,6 +49,7 @@ th{font-weight:600;color:#5f6368;border-bottom:2px solid #dadce0}
 th,td{text-align:left;padding:6px 8px;vertical-align:top}
 td{border-bottom:1px solid #eceff1}
 .n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
+.t{white-space:nowrap;font-variant-numeric:tabular-nums}
 .ok{color:#188038;font-weight:600}.bad{color:#c5221f;font-weight:600}.warn{color:#b06000;font-weight:600}
 .muted{color:#80868b}
 .err{font-family:"DejaVu Sans Mono",monospace;font-size:12px;color:#5f6368;word-break:break-word}
@@ -158,7 +160,7 @@ fn tiles(h: &mut String, d: &ReportData) {
     tile(
         h,
         "backups",
-        if s.backups_failed > 0 { "warn" } else { state(false, s.backups_ok == 0) },
+        if s.backups_failed > 0 { "t-warn" } else { state(false, s.backups_ok == 0) },
         "Backups",
         &format!("{} ok", s.backups_ok),
         &format!("{} failed", s.backups_failed),
@@ -294,7 +296,7 @@ fn failures_table(h: &mut String, d: &ReportData) {
     for (j, f) in rows {
         let _ = writeln!(
             h,
-            "<tr><td class=\"n\">{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
+            "<tr><td class=\"t\">{}</td><td>{}</td><td class=\"err\">{}</td></tr>",
             fmt_time(f.time),
             esc(&j.job),
             esc(&f.error)
@@ -320,7 +322,7 @@ fn verifications_table(h: &mut String, d: &ReportData) {
         };
         let _ = writeln!(
             h,
-            "<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}{}</td></tr>",
+            "<tr><td class=\"t\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}</td><td>{}{}</td></tr>",
             fmt_time(v.time),
             esc(&v.job),
             esc(&v.snapshot.as_deref().map(|s| s.chars().take(8).collect::<String>()).unwrap_or_else(|| "–".into())),
@@ -356,7 +358,7 @@ fn drills_table(h: &mut String, d: &ReportData) {
         if dr.jobs.is_empty() {
             let _ = writeln!(
                 h,
-                "<tr><td class=\"n\">{}</td><td>{}</td><td class=\"muted\">–</td><td>{}</td><td></td><td></td><td></td><td></td><td>{}</td></tr>",
+                "<tr><td class=\"t\">{}</td><td>{}</td><td class=\"muted\">–</td><td>{}</td><td></td><td></td><td></td><td></td><td>{}</td></tr>",
                 fmt_time(dr.finished),
                 esc(&scenario),
                 esc(&from),
@@ -366,7 +368,7 @@ fn drills_table(h: &mut String, d: &ReportData) {
         for j in &dr.jobs {
             let _ = writeln!(
                 h,
-                "<tr><td class=\"n\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}{}</td></tr>",
+                "<tr><td class=\"t\">{}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{}{}</td></tr>",
                 fmt_time(dr.finished),
                 esc(&scenario),
                 esc(&j.job),
