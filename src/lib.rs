@@ -15,6 +15,7 @@ pub mod chunker;
 pub mod clock;
 pub mod crypto;
 pub mod deploy;
+pub mod drill;
 pub mod error;
 pub mod metrics;
 pub mod pipeline;
@@ -24,7 +25,9 @@ pub mod replicate;
 pub mod repo;
 pub mod retention;
 pub mod schedule;
+pub mod scratch;
 pub mod source;
 pub mod storage;
+pub mod verify;
 
 pub use error::{Error, Result};
