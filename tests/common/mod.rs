@@ -238,3 +238,52 @@ fn create_bucket(name: &str, region: &str) {
         req.send().await.expect("create bucket on the test S3 server");
     });
 }
+
+/// Keys under `prefix` in a test bucket.
+pub fn s3_keys(bucket: &str, region: &str, prefix: &str) -> Vec<String> {
+    let (b, r, p) = (bucket.to_string(), region.to_string(), prefix.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let c = s3_client(&r).await;
+            let mut out = Vec::new();
+            let mut token = None;
+            loop {
+                let resp = c
+                    .list_objects_v2()
+                    .bucket(&b)
+                    .prefix(&p)
+                    .set_continuation_token(token.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                out.extend(resp.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+                token = resp.next_continuation_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+            out
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// Flip one byte in the middle of an object in a test bucket (same size, so replication will not repair it).
+pub fn s3_flip_byte(bucket: &str, region: &str, key: &str) {
+    let (b, r, k) = (bucket.to_string(), region.to_string(), key.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let c = s3_client(&r).await;
+            let obj = c.get_object().bucket(&b).key(&k).send().await.unwrap();
+            let mut data = obj.body.collect().await.unwrap().into_bytes().to_vec();
+            let mid = data.len() / 2;
+            data[mid] ^= 0x55;
+            c.put_object().bucket(&b).key(&k).body(data.into()).send().await.unwrap();
+        })
+    })
+    .join()
+    .unwrap()
+}
