@@ -212,12 +212,25 @@ runbook = "runbooks/database-failure.md"
     assert_eq!(s3_keys(&primary_bucket, "us-east-1", "repo/records/verification/").len(), 3);
 
     // A failing assertion fails verify with the query, the value and the expectation.
-    let bad = policy(f.dir.path(), "bad-assert.toml", &body("15m", "> 1000000"));
-    let out = lifeboat(&f, &["verify", "--policy", &bad, "orders-db"], &env);
+    let (hook, alerts) = http_sink();
+    let bad = policy(
+        f.dir.path(),
+        "bad-assert.toml",
+        &format!("{}\n[alerts]\nwebhook = \"env:PROOF_HOOK\"\n", body("15m", "> 1000000")),
+    );
+    let mut env_hook = env.clone();
+    env_hook.push(("PROOF_HOOK", &hook));
+    let out = lifeboat(&f, &["verify", "--policy", &bad, "orders-db"], &env_hook);
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     let text = stdout(&out);
     assert!(text.contains("[FAIL] assertion") && text.contains("→ 1000, expected > 1000000"), "{text}");
     assert!(text.contains("job orders-db snapshot ") && text.contains("verification FAILED"), "{text}");
+    let (method, _, alert) = alerts.recv_timeout(Duration::from_secs(10)).expect("a failed verification alerts");
+    assert_eq!(method, "POST");
+    let alert: serde_json::Value = serde_json::from_str(&alert).unwrap();
+    assert_eq!(alert["job"], "orders-db");
+    assert_eq!(alert["kind"], "verification");
+    assert!(alert["text"].as_str().unwrap().contains("expected > 1000000"), "{alert}");
 
     // Region-loss drill: everything from eu-west-1; RTO and RPO measured and within target.
     let out = lifeboat(&f, &["--json", "drill", "--policy", &good, "--scenario", "region-loss"], &env);
