@@ -15,6 +15,7 @@ pub mod chunker;
 pub mod clock;
 pub mod crypto;
 pub mod deploy;
+pub mod drill;
 pub mod error;
 pub mod metrics;
 pub mod pipeline;
@@ -25,7 +26,9 @@ pub mod repo;
 pub mod report;
 pub mod retention;
 pub mod schedule;
+pub mod scratch;
 pub mod source;
 pub mod storage;
+pub mod verify;
 
 pub use error::{Error, Result};

@@ -174,6 +174,10 @@ pub struct JobSpec {
     /// Continuous WAL archiving (`archive_command = 'lifeboat wal push …'`) is set up for this job.
     #[serde(default)]
     pub wal_archiving: bool,
+
+    /// How `lifeboat verify` and drills check a restore (`[job.verify]`).
+    #[serde(default)]
+    pub verify: Option<crate::verify::VerifySpec>,
 }
 
 impl JobSpec {

@@ -816,7 +816,7 @@ pub async fn start_and_wait(tools: &Tools, dir: &Path, port: u16, wait_secs: u64
         return Err(Error::Other(format!("the restored server did not start{}", log_tail())));
     }
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host_path(&sock).port(port).dbname("postgres").user(&current_user());
+    cfg.host_path(&sock).port(port).dbname("postgres").user(&os_user());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
     loop {
         if let Ok((c, conn)) = cfg.connect(tokio_postgres::NoTls).await {
@@ -838,7 +838,8 @@ pub async fn start_and_wait(tools: &Tools, dir: &Path, port: u16, wait_secs: u64
     }
 }
 
-fn current_user() -> String {
+/// The operating-system user (the role a local trust/peer connection uses).
+pub fn os_user() -> String {
     std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
         // runuser may not set USER; fall back to the name of our uid.
         let uid = std::fs::read_to_string("/proc/self/status")
