@@ -233,10 +233,16 @@ pub async fn store_record(policy: &Policy, from: &str, kind: &str, record: &serd
             targets.push(p);
         }
     }
+    // One ciphertext for every copy (see Repository::seal_record).
+    let mut sealed = None;
     for r in targets {
         let res = async {
             let repo = Repository::open(&r.repo_url()?).await?;
-            repo.put_record(&key, record).await
+            let ct = match &sealed {
+                Some(ct) => bytes::Bytes::clone(ct),
+                None => sealed.insert(repo.seal_record(record)?).clone(),
+            };
+            repo.put_sealed_record(&key, ct).await
         }
         .await;
         if let Err(e) = res {

@@ -339,11 +339,22 @@ impl Repository {
     /// record to the surviving and the primary repository under one key, so
     /// that replication later sees it as present instead of copying a twin.
     pub async fn put_record(&self, key: &str, record: &serde_json::Value) -> Result<()> {
+        let ct = self.seal_record(record)?;
+        self.put_sealed_record(key, ct).await
+    }
+
+    /// A record encrypted to the recipients. Store one sealed record in every
+    /// copy: two encryptions of the same record differ (random file key and
+    /// grease stanzas, even in size), and replication refuses an object that
+    /// differs from the one already under its key.
+    pub fn seal_record(&self, record: &serde_json::Value) -> Result<Bytes> {
         let recipients = self.recipients()?;
         let pt = serde_json::to_vec(record).map_err(|e| Error::Other(e.to_string()))?;
-        let ct = crypto::encrypt(&recipients, &pt)?;
-        self.backend.put_new(key, Bytes::from(ct)).await?;
-        Ok(())
+        Ok(Bytes::from(crypto::encrypt(&recipients, &pt)?))
+    }
+
+    pub async fn put_sealed_record(&self, key: &str, sealed: Bytes) -> Result<()> {
+        Ok(self.backend.put_new(key, sealed).await?)
     }
 
     /// Every record of a kind, oldest first.
