@@ -28,6 +28,12 @@ const NOW: &str = "2026-11-21T12:00:00Z";
 const ORDERS_SKIPPED: [u32; 2] = [10, 11];
 /// files fails on these days (a marker file makes its command fail).
 const FILES_FAILS: [u32; 2] = [5, 20];
+/// Restore verifications: (day, 03:00, job, passes).
+const VERIFICATIONS: [(u32, &str, bool); 3] = [(7, "orders-db", true), (14, "files", true), (28, "files", false)];
+/// Drills: (time, scenario, passes). The database-loss drill falls in orders-db's gap: 58 h of data lost
+/// against a 1-day RPO target, although the restore itself is well within its RTO.
+const DRILLS: [(&str, &str, bool); 2] =
+    [("2026-10-11T12:00:00Z", "orders-db-loss", false), ("2026-10-15T04:00:00Z", "region-loss", true)];
 
 fn lifeboat_at(clock: &str, args: &[&str]) -> Output {
     bin().env("LIFEBOAT_CLOCK", clock).args(args).output().expect("spawn lifeboat")
@@ -46,6 +52,7 @@ fn seed() -> Seeded {
     let primary = dir.join("primary").display().to_string();
     let replica = dir.join("replica").display().to_string();
     let marker = dir.join("files-broken").display().to_string();
+    let verify_marker = dir.join("verify-broken").display().to_string();
     let recipient = ok(&run(&["key", "generate", "--output", &identity])).trim().to_string();
     ok(&run(&["init", "--repo", &primary, "--recipient", &recipient, "--write-key-out", &write_key]));
     let body = |primary_url: &str| {
@@ -60,10 +67,21 @@ name = "dr"
 url = "{replica}"
 region = "eu-west-1"
 
+[[scenario]]
+name = "region-loss"
+kind = "region-loss"
+replica = "dr"
+
+[[scenario]]
+name = "orders-db-loss"
+kind = "database-loss"
+jobs = ["orders-db"]
+
 [[job]]
 name = "orders-db"
 kind = "command"
 command = "seq 1 40000 | sed 's/^/order /'; date +%s%N"
+schedule = "0 2 * * *"
 tier = "critical"
 rpo = "1d"
 rto = "15m"
@@ -72,9 +90,13 @@ rto = "15m"
 name = "files"
 kind = "command"
 command = "test ! -e {marker} && seq 1 20000 | sed 's/^/file /'"
+schedule = "0 2 * * *"
 tier = "non-critical"
 rpo = "50h"
 rto = "1h"
+
+[job.verify]
+command = "grep -c file >/dev/null && test ! -e {verify_marker}"
 "#
         )
     };
@@ -100,10 +122,24 @@ rto = "1h"
         }
         run_job(&clock, "files", !broken);
         let _ = std::fs::remove_file(&marker);
+        for (_, job, passes) in VERIFICATIONS.iter().filter(|v| v.0 == day) {
+            if !passes {
+                std::fs::write(&verify_marker, b"").unwrap();
+            }
+            let clock = format!("2026-10-{day:02}T03:00:00Z");
+            let out = lifeboat_at(&clock, &["verify", "--policy", &policy, job, "--identity", &identity]);
+            assert_eq!(out.status.success(), *passes, "verify {job} at {clock}: {}", stderr(&out));
+            let _ = std::fs::remove_file(&verify_marker);
+        }
+        for (clock, scenario, passes) in DRILLS.iter().filter(|d| d.0.starts_with(&format!("2026-10-{day:02}"))) {
+            let out =
+                lifeboat_at(clock, &["drill", "--policy", &policy, "--scenario", scenario, "--identity", &identity]);
+            assert_eq!(out.status.success(), *passes, "drill {scenario} at {clock}: {}", stderr(&out));
+        }
     }
     // After the month: must not shorten October's last gap (Oct 31 02:00 → Nov 1 00:00).
     run_job("2026-11-01T02:00:00Z", "orders-db", true);
-    eprintln!("report fixture: 63 runs in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!("report fixture: 63 runs, 3 verifications, 2 drills in {:.1}s", started.elapsed().as_secs_f64());
     Seeded { dir, identity, policy, policy_primary_gone }
 }
 
@@ -144,6 +180,10 @@ fn json_report_has_the_exact_counts_and_achieved_rpo_of_the_rehearsed_month() {
     assert_eq!(sum["jobs_total"], 2, "{sum}");
     assert_eq!(sum["jobs_with_rpo_target"], 2, "{sum}");
     assert_eq!(sum["jobs_meeting_rpo"], 1, "{sum}");
+    assert_eq!((sum["verifications_passed"].as_u64(), sum["verifications_failed"].as_u64()), (Some(2), Some(1)));
+    assert_eq!((sum["drills_passed"].as_u64(), sum["drills_failed"].as_u64()), (Some(1), Some(1)));
+    // Both restores were far within their RTO; the failed drill failed on data loss.
+    assert_eq!((sum["jobs_with_rto_measured"].as_u64(), sum["jobs_meeting_rto"].as_u64()), (Some(2), Some(2)));
 
     let orders = job(&r, "orders-db");
     assert_eq!((orders["backups_ok"].as_u64(), orders["backups_failed"].as_u64()), (Some(29), Some(0)));
@@ -157,6 +197,12 @@ fn json_report_has_the_exact_counts_and_achieved_rpo_of_the_rehearsed_month() {
     assert!(gaps[0]["from"].as_str().unwrap().starts_with("2026-10-09T02:00:00"), "{gaps:?}");
     assert!(gaps[0]["to"].as_str().unwrap().starts_with("2026-10-12T02:00:00"), "{gaps:?}");
     assert_eq!(orders["backup_points"].as_array().unwrap().len(), 29);
+    assert_eq!((orders["verifications_passed"].as_u64(), orders["drills"].as_u64()), (Some(1), Some(2)));
+    assert_eq!(orders["rto_ok"], true);
+    // The database-loss drill on Oct 11 12:00 could only go back to Oct 9 02:00.
+    let lost = orders["drill_rpo_secs"].as_f64().unwrap();
+    assert!((lost - 58.0 * 3600.0).abs() < 5.0, "{orders}");
+    assert!(orders["drill_rto_secs"].as_f64().unwrap() < 900.0);
 
     let files = job(&r, "files");
     assert_eq!((files["backups_ok"].as_u64(), files["backups_failed"].as_u64()), (Some(29), Some(2)));
@@ -173,6 +219,18 @@ fn json_report_has_the_exact_counts_and_achieved_rpo_of_the_rehearsed_month() {
     let reasons: Vec<&str> = r["reasons"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
     assert!(reasons[0].starts_with("orders-db: RPO target 1d missed"), "{reasons:?}");
     assert!(reasons.iter().any(|x| x.contains("files: 2 backup run(s) failed")), "{reasons:?}");
+    assert!(reasons.contains(&"drill orders-db-loss on Oct 11 failed"), "{reasons:?}");
+    assert!(reasons.contains(&"files: restore verification on Oct 28 failed"), "{reasons:?}");
+    assert!(!reasons.iter().any(|x| x.contains("no drill")), "{reasons:?}");
+    let drills: Vec<(&str, bool)> = r["drills"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| (d["scenario"].as_str().unwrap(), d["ok"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(drills, [("orders-db-loss", false), ("region-loss", true)]);
+    assert_eq!(r["drills"][1]["repository"], "dr");
+    assert_eq!(r["verifications"].as_array().unwrap().len(), 3);
 
     // Storage in both regions, deduplicated: 60 near-identical snapshots.
     let storage = r["storage"].as_array().unwrap();
@@ -197,7 +255,10 @@ fn markdown_report_has_the_summary_line_and_tables() {
     let md = ok(&report(s, &s.policy, &["--format", "md"]));
     for want in [
         "# lifeboat DR report — October 2026",
-        "**FAIL** · backups 58 ok / 2 failed",
+        "**FAIL** · backups 58 ok / 2 failed · verifications 2 passed / 1 failed · drills 1 passed / 1 failed",
+        "RTO met by 2 of 2 drilled jobs",
+        "| orders-db-loss | orders-db | primary |",
+        "| region-loss | files | dr |",
         "RPO met by 1 of 2 jobs",
         "| orders-db | critical | 29 | 0 | 3d (259200 s) | 1d | ❌ **missed**",
         "| files | non-critical | 29 | 2 | 2d (172800 s) | 2d 2h | ✅ met",
@@ -260,6 +321,14 @@ fn html_report_is_valid_self_contained_and_has_its_charts() {
     let tile = |id: &str| doc.select(&sel(&format!("#tile-{id}"))).next().unwrap().text().collect::<Vec<_>>().join(" ");
     assert!(tile("backups").contains("58 ok") && tile("backups").contains("2 failed"), "{}", tile("backups"));
     assert!(tile("rpo").contains("1/2"), "{}", tile("rpo"));
+    // Measured RTO: one bar per job (both drilled), and a target marker each.
+    let rto = doc.select(&sel("svg#rto-chart")).next().unwrap();
+    let bars: Vec<String> = rto.select(&sel("rect > title")).map(|t| t.text().collect()).collect();
+    assert_eq!(bars.iter().filter(|t| t.contains("slowest drill recovery")).count(), 2, "{bars:?}");
+    assert_eq!(bars.iter().filter(|t| t.starts_with("target")).count(), 2, "{bars:?}");
+    assert!(tile("verifications").contains("2/3"), "{}", tile("verifications"));
+    assert!(tile("drills").contains("1/2"), "{}", tile("drills"));
+    assert!(tile("rto").contains("2/2"), "{}", tile("rto"));
     let row = |name: &str| doc.select(&sel(&format!("tr[data-job=\"{name}\"]"))).next().unwrap();
     assert_eq!(row("orders-db").value().attr("data-achieved-rpo-secs"), Some("259200"));
     assert_eq!(row("orders-db").value().attr("data-rpo-ok"), Some("false"));

@@ -650,8 +650,9 @@ pub fn build(ctx: &Context, policy: &Policy, inputs: &Inputs) -> std::result::Re
                 n_drills += 1;
                 drill_rto = max_f(drill_rto, j.rto_secs);
                 drill_rpo = max_f(drill_rpo, j.rpo_secs);
-                // A drill that could not restore the job did not meet its RTO, whatever it measured.
-                if j.rto_ok == Some(false) || j.rto_secs.is_none() || !j.ok {
+                // A drill that could not restore the job did not meet its RTO, whatever it measured;
+                // one that restored in time but lost too much data failed on RPO, not RTO.
+                if j.rto_ok == Some(false) || j.rto_secs.is_none() || j.verified == Some(false) {
                     rto_all_ok = false;
                 }
             }
