@@ -152,9 +152,9 @@ fn tiles(h: &mut String, d: &ReportData) {
         if none {
             ""
         } else if bad {
-            "bad"
+            "t-bad"
         } else {
-            "good"
+            "t-good"
         }
     };
     tile(

@@ -1005,7 +1005,13 @@ pub fn fmt_secs(secs: i64) -> String {
 
 /// Like [`fmt_secs`], with tenths below a minute (drill timings).
 pub fn fmt_secs_f(secs: f64) -> String {
-    if secs < 60.0 { format!("{secs:.1}s") } else { fmt_secs(secs.round() as i64) }
+    if secs < 1.0 {
+        format!("{:.0}ms", secs * 1000.0)
+    } else if secs < 60.0 {
+        format!("{secs:.1}s")
+    } else {
+        fmt_secs(secs.round() as i64)
+    }
 }
 
 pub fn fmt_bytes(n: u64) -> String {
@@ -1225,5 +1231,7 @@ rpo = "15m"
         assert_eq!(fmt_secs(90), "1m 30s");
         assert_eq!(fmt_secs(0), "0s");
         assert_eq!(fmt_secs_f(12.34), "12.3s");
+        assert_eq!(fmt_secs_f(0.0421), "42ms");
+        assert_eq!(fmt_secs_f(125.0), "2m 5s");
     }
 }
