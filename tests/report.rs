@@ -219,7 +219,12 @@ fn json_report_has_the_exact_counts_and_achieved_rpo_of_the_rehearsed_month() {
     let reasons: Vec<&str> = r["reasons"].as_array().unwrap().iter().map(|x| x.as_str().unwrap()).collect();
     assert!(reasons[0].starts_with("orders-db: RPO target 1d missed"), "{reasons:?}");
     assert!(reasons.iter().any(|x| x.contains("files: 2 backup run(s) failed")), "{reasons:?}");
-    assert!(reasons.contains(&"drill orders-db-loss on Oct 11 failed"), "{reasons:?}");
+    assert!(
+        reasons.contains(
+            &"drill orders-db-loss on Oct 11 failed: orders-db would have lost 2d 10h of data (RPO target 1d)"
+        ),
+        "{reasons:?}"
+    );
     assert!(reasons.contains(&"files: restore verification on Oct 28 failed"), "{reasons:?}");
     assert!(!reasons.iter().any(|x| x.contains("no drill")), "{reasons:?}");
     let drills: Vec<(&str, bool)> = r["drills"]

@@ -563,6 +563,8 @@ pub fn build(ctx: &Context, policy: &Policy, inputs: &Inputs) -> std::result::Re
         })
         .collect();
 
+    let mut verifications = verifications;
+    verifications.sort_by_key(|v| v.time);
     let drills: Vec<DrillRow> = inputs
         .drills
         .iter()
@@ -611,6 +613,8 @@ pub fn build(ctx: &Context, policy: &Policy, inputs: &Inputs) -> std::result::Re
         })
         .collect();
 
+    let mut drills = drills;
+    drills.sort_by_key(|d| d.finished);
     let mut jobs = Vec::new();
     for name in &names {
         let spec = policy.jobs.iter().find(|j| &j.name == name);
@@ -799,7 +803,36 @@ fn verdict(
         }
     }
     for d in drills.iter().filter(|d| !d.ok) {
-        fail.push(format!("drill {} on {} failed", d.scenario, d.finished.format("%b %-d")));
+        let why: Vec<String> = d
+            .jobs
+            .iter()
+            .filter(|j| !j.ok)
+            .map(|j| match (j.rpo_ok, j.rto_ok) {
+                (Some(false), _) => format!(
+                    "{} would have lost {} of data (RPO target {})",
+                    j.job,
+                    j.rpo_secs.map(fmt_secs_f).unwrap_or_default(),
+                    j.rpo_target_secs.map(fmt_secs_f).unwrap_or_default()
+                ),
+                (_, Some(false)) => format!(
+                    "{} took {} to recover (RTO target {})",
+                    j.job,
+                    j.rto_secs.map(fmt_secs_f).unwrap_or_default(),
+                    j.rto_target_secs.map(fmt_secs_f).unwrap_or_default()
+                ),
+                _ => format!(
+                    "{}: {}",
+                    j.job,
+                    j.error.as_deref().unwrap_or("not restored").chars().take(160).collect::<String>()
+                ),
+            })
+            .collect();
+        fail.push(format!(
+            "drill {} on {} failed{}",
+            d.scenario,
+            d.finished.format("%b %-d"),
+            if why.is_empty() { String::new() } else { format!(": {}", why.join("; ")) }
+        ));
     }
     for v in verifications.iter().filter(|v| !v.ok) {
         fail.push(format!("{}: restore verification on {} failed", v.job, v.time.format("%b %-d")));
@@ -947,11 +980,13 @@ async fn load_records(
         })
         .collect();
     objs.sort();
-    let cts = crate::repo::load_concurrently(objs, |key| {
+    // load_concurrently finishes in any order: sort again, oldest first.
+    let mut cts = crate::repo::load_concurrently(objs, |key| {
         let backend = repo.backend.clone();
         async move { Ok((backend.get(&key).await?, key)) }
     })
     .await?;
+    cts.sort_by(|a, b| a.1.cmp(&b.1));
     let mut out = Vec::with_capacity(cts.len());
     for (ct, key) in cts {
         let pt = ids.decrypt(&key, &ct)?;
