@@ -12,7 +12,6 @@ use common::*;
 
 /// The seeded repository, built once per test binary.
 struct Seeded {
-    dir: PathBuf,
     identity: String,
     policy: String,
     /// The same repositories, but the primary's URL points at nothing: the primary region is gone.
@@ -140,7 +139,7 @@ command = "grep -c file >/dev/null && test ! -e {verify_marker}"
     // After the month: must not shorten October's last gap (Oct 31 02:00 → Nov 1 00:00).
     run_job("2026-11-01T02:00:00Z", "orders-db", true);
     eprintln!("report fixture: 63 runs, 3 verifications, 2 drills in {:.1}s", started.elapsed().as_secs_f64());
-    Seeded { dir, identity, policy, policy_primary_gone }
+    Seeded { identity, policy, policy_primary_gone }
 }
 
 fn report(s: &Seeded, policy: &str, extra: &[&str]) -> Output {

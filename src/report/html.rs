@@ -66,18 +66,18 @@ pub fn render_html(d: &ReportData) -> String {
         Verdict::Fail => "fail",
         Verdict::NoData => "no-data",
     };
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
-         <title>lifeboat DR report — {title}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>\n",
+         <title>lifeboat DR report — {title}</title>\n<style>{CSS}</style>\n</head>\n<body>\n<main>",
         title = esc(&d.title)
     );
     // 1. The verdict, for the five-second read.
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<header class=\"banner {class}\" id=\"verdict\" data-verdict=\"{class}\">\n<div class=\"verdict\">{}</div>\n<div>\n\
-         <h1>DR drill report — {}</h1>\n<p>{} · records from {} ({}){}</p>\n",
+         <h1>DR drill report — {}</h1>\n<p>{} · records from {} ({}){}</p>",
         d.verdict.label(),
         esc(&d.title),
         period_text(d),
@@ -104,13 +104,13 @@ pub fn render_html(d: &ReportData) -> String {
     }
 
     // 2. Charts.
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<section id=\"rto\">\n<h2>Recovery time: drills against RTO targets</h2>\n{}</section>\n",
+        "<section id=\"rto\">\n<h2>Recovery time: drills against RTO targets</h2>\n{}</section>",
         svg::rto_chart(d)
     );
     let _ =
-        write!(h, "<section id=\"rpo\">\n<h2>Recovery points: RPO timeline</h2>\n{}</section>\n", svg::rpo_timeline(d));
+        writeln!(h, "<section id=\"rpo\">\n<h2>Recovery points: RPO timeline</h2>\n{}</section>", svg::rpo_timeline(d));
 
     // 3. Tables.
     jobs_table(&mut h, d);
@@ -136,9 +136,9 @@ fn period_text(d: &ReportData) -> String {
 }
 
 fn tile(h: &mut String, id: &str, class: &str, label: &str, num: &str, sub: &str) {
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<div class=\"tile {class}\" id=\"tile-{id}\"><div class=\"lbl\">{}</div><div class=\"num\">{}</div><div class=\"sub\">{}</div></div>\n",
+        "<div class=\"tile {class}\" id=\"tile-{id}\"><div class=\"lbl\">{}</div><div class=\"num\">{}</div><div class=\"sub\">{}</div></div>",
         esc(label),
         esc(num),
         esc(sub)
@@ -234,12 +234,12 @@ fn jobs_table(h: &mut String, d: &ReportData) {
          <th class=\"n\">Verified</th><th class=\"n\">Slowest drill</th><th class=\"n\">RTO target</th><th>RTO</th></tr></thead>\n<tbody>\n",
     );
     for j in &d.jobs {
-        let _ = write!(
+        let _ = writeln!(
             h,
             "<tr data-job=\"{job}\" data-achieved-rpo-secs=\"{ach}\" data-rpo-ok=\"{rok}\" data-backups-ok=\"{bok}\" data-backups-failed=\"{bf}\">\
              <td><b>{job}</b>{gone}</td><td>{tier}</td><td class=\"n\">{bok}</td><td class=\"n\">{bf_html}</td>\
              <td class=\"n\">{ach_h}</td><td class=\"n\">{tgt}</td><td>{rpo}</td><td class=\"n\">{ver}</td>\
-             <td class=\"n\">{rto}</td><td class=\"n\">{rto_t}</td><td>{rto_ok}</td></tr>\n",
+             <td class=\"n\">{rto}</td><td class=\"n\">{rto_t}</td><td>{rto_ok}</td></tr>",
             job = esc(&j.job),
             gone = if j.in_policy { "" } else { " <span class=\"muted\">(not in the policy)</span>" },
             tier = esc(j.tier.as_deref().unwrap_or("–")),
@@ -438,9 +438,9 @@ fn replication_table(h: &mut String, d: &ReportData) {
 }
 
 fn footer(h: &mut String, d: &ReportData) {
-    let _ = write!(
+    let _ = writeln!(
         h,
-        "<footer>Generated {} by lifeboat {} from the records in repository {}{}. Format {}.{}</footer>\n</main>\n</body>\n</html>\n",
+        "<footer>Generated {} by lifeboat {} from the records in repository {}{}. Format {}.{}</footer>\n</main>\n</body>\n</html>",
         fmt_time(d.generated_at),
         env!("CARGO_PKG_VERSION"),
         esc(&d.records_from.name),

@@ -633,12 +633,13 @@ pub fn build(ctx: &Context, policy: &Policy, inputs: &Inputs) -> std::result::Re
         let mut wal_points = 0;
         if let (Some(s), Some(wal)) = (spec, inputs.wal.get(name)) {
             // WAL replays only on top of a base backup: count what was archived after the first one.
-            if s.kind == JobKind::Postgres && s.wal_archiving {
-                if let Some(base) = snaps.iter().min() {
-                    let after: Vec<DateTime<Utc>> = wal.iter().copied().filter(|t| t >= base).collect();
-                    wal_points = after.iter().filter(|t| **t >= start && **t < end).count() as u64;
-                    points.extend(after);
-                }
+            if s.kind == JobKind::Postgres
+                && s.wal_archiving
+                && let Some(base) = snaps.iter().min()
+            {
+                let after: Vec<DateTime<Utc>> = wal.iter().copied().filter(|t| t >= base).collect();
+                wal_points = after.iter().filter(|t| **t >= start && **t < end).count() as u64;
+                points.extend(after);
             }
         }
         let all_gaps = gaps(&points, start, end);

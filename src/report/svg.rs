@@ -37,16 +37,16 @@ pub fn rto_chart(d: &ReportData) -> String {
     let plot = W - LEFT - RIGHT;
     let height = top + row_h * rows.len().max(1) as f64 + 34.0;
     let mut s = String::new();
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<svg id=\"rto-chart\" viewBox=\"0 0 {W} {height}\" role=\"img\" aria-label=\"Measured RTO against target per job\" {FONT} font-size=\"13\">\n"
+        "<svg id=\"rto-chart\" viewBox=\"0 0 {W} {height}\" role=\"img\" aria-label=\"Measured RTO against target per job\" {FONT} font-size=\"13\">"
     );
     // Legend.
-    let _ = write!(
+    let _ = writeln!(
         s,
         "<rect x=\"{LEFT}\" y=\"8\" width=\"14\" height=\"12\" fill=\"{GREEN}\"/><text x=\"{}\" y=\"19\" fill=\"{INK}\">within target</text>\
          <rect x=\"{}\" y=\"8\" width=\"14\" height=\"12\" fill=\"{RED}\"/><text x=\"{}\" y=\"19\" fill=\"{INK}\">over target</text>\
-         <rect x=\"{}\" y=\"5\" width=\"4\" height=\"18\" fill=\"{INK}\"/><text x=\"{}\" y=\"19\" fill=\"{INK}\">RTO target</text>\n",
+         <rect x=\"{}\" y=\"5\" width=\"4\" height=\"18\" fill=\"{INK}\"/><text x=\"{}\" y=\"19\" fill=\"{INK}\">RTO target</text>",
         LEFT + 20.0,
         LEFT + 130.0,
         LEFT + 150.0,
@@ -54,9 +54,9 @@ pub fn rto_chart(d: &ReportData) -> String {
         LEFT + 262.0
     );
     if rows.is_empty() {
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<text x=\"{LEFT}\" y=\"{}\" fill=\"{GREY}\">No job has an RTO target and no drill measured one.</text>\n</svg>\n",
+            "<text x=\"{LEFT}\" y=\"{}\" fill=\"{GREY}\">No job has an RTO target and no drill measured one.</text>\n</svg>",
             top + 24.0
         );
         return s;
@@ -73,9 +73,9 @@ pub fn rto_chart(d: &ReportData) -> String {
     let step = tick_step(max);
     let mut v = 0.0;
     while v <= max {
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{bottom}\" stroke=\"#e8eaed\"/><text x=\"{0:.1}\" y=\"{1}\" text-anchor=\"middle\" fill=\"{GREY}\" font-size=\"12\">{2}</text>\n",
+            "<line x1=\"{0:.1}\" y1=\"{top}\" x2=\"{0:.1}\" y2=\"{bottom}\" stroke=\"#e8eaed\"/><text x=\"{0:.1}\" y=\"{1}\" text-anchor=\"middle\" fill=\"{GREY}\" font-size=\"12\">{2}</text>",
             x(v),
             bottom + 18.0,
             fmt_secs(v as i64)
@@ -85,9 +85,9 @@ pub fn rto_chart(d: &ReportData) -> String {
     for (i, j) in rows.iter().enumerate() {
         let y = top + row_h * i as f64;
         let mid = y + row_h / 2.0;
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"{INK}\" font-weight=\"600\">{}</text>\n",
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"{INK}\" font-weight=\"600\">{}</text>",
             LEFT - 12.0,
             mid + 4.5,
             esc(&j.job)
@@ -95,9 +95,9 @@ pub fn rto_chart(d: &ReportData) -> String {
         match j.drill_rto_secs {
             Some(m) => {
                 let colour = if j.rto_ok == Some(true) { GREEN } else { RED };
-                let _ = write!(
+                let _ = writeln!(
                     s,
-                    "<rect x=\"{LEFT}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" rx=\"3\" fill=\"{colour}\"><title>{}: slowest drill recovery {}</title></rect>\n",
+                    "<rect x=\"{LEFT}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" rx=\"3\" fill=\"{colour}\"><title>{}: slowest drill recovery {}</title></rect>",
                     y + 8.0,
                     (x(m) - LEFT).max(2.0),
                     row_h - 16.0,
@@ -106,18 +106,18 @@ pub fn rto_chart(d: &ReportData) -> String {
                 );
             }
             None => {
-                let _ = write!(
+                let _ = writeln!(
                     s,
-                    "<text x=\"{}\" y=\"{:.1}\" fill=\"{GREY}\" font-style=\"italic\">not drilled this month</text>\n",
+                    "<text x=\"{}\" y=\"{:.1}\" fill=\"{GREY}\" font-style=\"italic\">not drilled this month</text>",
                     LEFT + 8.0,
                     mid + 4.5
                 );
             }
         }
         if let Some(t) = j.rto_target_secs {
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"4\" height=\"{:.1}\" fill=\"{INK}\"><title>target {}</title></rect>\n",
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"4\" height=\"{:.1}\" fill=\"{INK}\"><title>target {}</title></rect>",
                 x(t as f64) - 2.0,
                 y + 3.0,
                 row_h - 6.0,
@@ -133,9 +133,9 @@ pub fn rto_chart(d: &ReportData) -> String {
             (None, Some(t)) => (format!("– / target {}", fmt_secs(t)), GREY),
             (None, None) => (String::new(), GREY),
         };
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<text x=\"{}\" y=\"{:.1}\" fill=\"{colour}\" font-weight=\"600\">{}</text>\n",
+            "<text x=\"{}\" y=\"{:.1}\" fill=\"{colour}\" font-weight=\"600\">{}</text>",
             W - RIGHT + 14.0,
             mid + 4.5,
             esc(&text)
@@ -163,30 +163,30 @@ pub fn rpo_timeline(d: &ReportData) -> String {
     };
     let bottom = top + row_h * rows;
     let mut s = String::new();
-    let _ = write!(
+    let _ = writeln!(
         s,
-        "<svg id=\"rpo-timeline\" viewBox=\"0 0 {W} {height}\" role=\"img\" aria-label=\"Recoverable points per job over the month\" {FONT} font-size=\"13\">\n"
+        "<svg id=\"rpo-timeline\" viewBox=\"0 0 {W} {height}\" role=\"img\" aria-label=\"Recoverable points per job over the month\" {FONT} font-size=\"13\">"
     );
     // Day grid: a line per day, a label every few days.
     let days = (span / 86400.0).round() as i64;
     for day in 0..=days {
         let t = month_start + chrono::Duration::days(day);
         let xx = x(t);
-        let _ = write!(s, "<line x1=\"{xx:.1}\" y1=\"{top}\" x2=\"{xx:.1}\" y2=\"{bottom}\" stroke=\"#eceff1\"/>\n");
+        let _ = writeln!(s, "<line x1=\"{xx:.1}\" y1=\"{top}\" x2=\"{xx:.1}\" y2=\"{bottom}\" stroke=\"#eceff1\"/>");
         let dom = day + 1;
         if day < days && (dom == 1 || dom % 5 == 0) {
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "<text x=\"{xx:.1}\" y=\"{}\" fill=\"{GREY}\" font-size=\"12\">{}</text>\n",
+                "<text x=\"{xx:.1}\" y=\"{}\" fill=\"{GREY}\" font-size=\"12\">{}</text>",
                 top - 8.0,
                 t.format("%b %-d")
             );
         }
     }
     if d.period_end < month_end {
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<rect x=\"{:.1}\" y=\"{top}\" width=\"{:.1}\" height=\"{}\" fill=\"#f1f3f4\"/><text x=\"{:.1}\" y=\"{}\" fill=\"{GREY}\" font-size=\"12\">now</text>\n",
+            "<rect x=\"{:.1}\" y=\"{top}\" width=\"{:.1}\" height=\"{}\" fill=\"#f1f3f4\"/><text x=\"{:.1}\" y=\"{}\" fill=\"{GREY}\" font-size=\"12\">now</text>",
             x(d.period_end),
             x(month_end) - x(d.period_end),
             bottom - top,
@@ -195,14 +195,14 @@ pub fn rpo_timeline(d: &ReportData) -> String {
         );
     }
     if d.jobs.is_empty() {
-        let _ = write!(s, "<text x=\"{LEFT}\" y=\"{}\" fill=\"{GREY}\">No jobs.</text>\n", top + 28.0);
+        let _ = writeln!(s, "<text x=\"{LEFT}\" y=\"{}\" fill=\"{GREY}\">No jobs.</text>", top + 28.0);
     }
     for (i, j) in d.jobs.iter().enumerate() {
         let y = top + row_h * i as f64;
         let mid = y + row_h / 2.0 - 4.0;
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"{INK}\" font-weight=\"600\">{}</text>\n",
+            "<text x=\"{}\" y=\"{:.1}\" text-anchor=\"end\" fill=\"{INK}\" font-weight=\"600\">{}</text>",
             LEFT - 12.0,
             mid + 4.5,
             esc(&j.job)
@@ -210,9 +210,9 @@ pub fn rpo_timeline(d: &ReportData) -> String {
         // The track: recoverable from the first point (or the month start) until the period end.
         let track_from = if j.recoverable_at_start { Some(month_start) } else { j.first_point };
         if let Some(from) = track_from {
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"8\" rx=\"4\" fill=\"#a8dab5\"/>\n",
+                "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"8\" rx=\"4\" fill=\"#a8dab5\"/>",
                 x(from),
                 mid - 4.0,
                 (x(d.period_end) - x(from)).max(0.0)
@@ -220,9 +220,9 @@ pub fn rpo_timeline(d: &ReportData) -> String {
         }
         for g in &j.gaps_over_target {
             let (a, b) = (x(g.from), x(g.to));
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "<rect x=\"{a:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"14\" rx=\"3\" fill=\"{RED}\"><title>{}: no new recoverable point for {} ({} → {})</title></rect>\n",
+                "<rect x=\"{a:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"14\" rx=\"3\" fill=\"{RED}\"><title>{}: no new recoverable point for {} ({} → {})</title></rect>",
                 mid - 7.0,
                 (b - a).max(2.0),
                 esc(&j.job),
@@ -234,18 +234,18 @@ pub fn rpo_timeline(d: &ReportData) -> String {
         // Dots; beyond a few hundred they would merge into a bar anyway.
         if j.backup_points.len() <= 400 {
             for p in &j.backup_points {
-                let _ = write!(
+                let _ = writeln!(
                     s,
-                    "<circle cx=\"{:.1}\" cy=\"{mid:.1}\" r=\"3.5\" fill=\"{GREEN}\" stroke=\"#fff\" stroke-width=\"1\"/>\n",
+                    "<circle cx=\"{:.1}\" cy=\"{mid:.1}\" r=\"3.5\" fill=\"{GREEN}\" stroke=\"#fff\" stroke-width=\"1\"/>",
                     x(*p)
                 );
             }
         }
         for f in &j.failures {
             let (cx, cy) = (x(f.time), mid + 14.0);
-            let _ = write!(
+            let _ = writeln!(
                 s,
-                "<path d=\"M{:.1} {:.1}L{:.1} {:.1}M{:.1} {:.1}L{:.1} {:.1}\" stroke=\"{RED}\" stroke-width=\"2\"><title>backup failed {}</title></path>\n",
+                "<path d=\"M{:.1} {:.1}L{:.1} {:.1}M{:.1} {:.1}L{:.1} {:.1}\" stroke=\"{RED}\" stroke-width=\"2\"><title>backup failed {}</title></path>",
                 cx - 4.0,
                 cy - 4.0,
                 cx + 4.0,
@@ -263,9 +263,9 @@ pub fn rpo_timeline(d: &ReportData) -> String {
             None => INK,
         };
         let target = j.rpo_target_secs.map(|t| format!("target {}", fmt_secs(t))).unwrap_or_else(|| "no target".into());
-        let _ = write!(
+        let _ = writeln!(
             s,
-            "<text x=\"{}\" y=\"{:.1}\" fill=\"{colour}\" font-weight=\"600\">worst gap {}</text><text x=\"{}\" y=\"{:.1}\" fill=\"{GREY}\" font-size=\"12\">{}{}</text>\n",
+            "<text x=\"{}\" y=\"{:.1}\" fill=\"{colour}\" font-weight=\"600\">worst gap {}</text><text x=\"{}\" y=\"{:.1}\" fill=\"{GREY}\" font-size=\"12\">{}{}</text>",
             W - RIGHT + 14.0,
             mid + 1.0,
             fmt_secs(j.achieved_rpo_secs),
@@ -277,12 +277,12 @@ pub fn rpo_timeline(d: &ReportData) -> String {
     }
     // Legend.
     let ly = bottom + 26.0;
-    let _ = write!(
+    let _ = writeln!(
         s,
         "<rect x=\"{LEFT}\" y=\"{:.1}\" width=\"22\" height=\"8\" rx=\"4\" fill=\"#a8dab5\"/><text x=\"{}\" y=\"{ly:.1}\" fill=\"{INK}\">recoverable</text>\
          <circle cx=\"{}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{GREEN}\"/><text x=\"{}\" y=\"{ly:.1}\" fill=\"{INK}\">backup</text>\
          <path d=\"M{} {:.1}l8 8m-8 0l8 -8\" stroke=\"{RED}\" stroke-width=\"2\"/><text x=\"{}\" y=\"{ly:.1}\" fill=\"{INK}\">failed run</text>\
-         <rect x=\"{}\" y=\"{:.1}\" width=\"22\" height=\"12\" rx=\"3\" fill=\"{RED}\"/><text x=\"{}\" y=\"{ly:.1}\" fill=\"{INK}\">gap longer than the RPO target</text>\n",
+         <rect x=\"{}\" y=\"{:.1}\" width=\"22\" height=\"12\" rx=\"3\" fill=\"{RED}\"/><text x=\"{}\" y=\"{ly:.1}\" fill=\"{INK}\">gap longer than the RPO target</text>",
         ly - 8.0,
         LEFT + 28.0,
         LEFT + 135.0,
