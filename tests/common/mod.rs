@@ -321,3 +321,25 @@ pub fn http_sink() -> (String, std::sync::mpsc::Receiver<(String, String, String
     });
     (addr, rx)
 }
+
+// PostgreSQL test server (scripts/test-servers).
+pub fn pg_url() -> String {
+    std::env::var("LIFEBOAT_TEST_PG_URL").expect("LIFEBOAT_TEST_PG_URL is not set: run the tests with scripts/test")
+}
+pub fn pg_bin() -> String {
+    std::env::var("LIFEBOAT_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+}
+pub fn url_for(db: &str) -> String {
+    let base = pg_url();
+    let (root, _) = base.rsplit_once('/').unwrap();
+    format!("{root}/{db}")
+}
+/// psql as the test superuser; returns trimmed stdout, panics on error.
+pub fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new(format!("{}/psql", pg_bin()))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-t", "-A", "-d", &url_for(db), "-c", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
