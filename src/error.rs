@@ -62,6 +62,8 @@ pub enum Error {
     Locked { what: String },
     #[error("check found {0} problem(s)")]
     CheckFailed(usize),
+    #[error(transparent)]
+    Report(#[from] crate::report::ReportError),
     #[error("{0}")]
     Other(String),
 }

@@ -98,8 +98,8 @@ enum Cmd {
     /// PostgreSQL WAL archiving (archive_command / restore_command).
     #[command(subcommand)]
     Wal(WalCmd),
-    /// Restore a snapshot into a scratch target and check it.
-    Verify(PolicyJobArgs),
+    /// Restore a snapshot into a scratch target and check it against its manifest.
+    Verify(VerifyArgs),
     /// Run a timed disaster-recovery drill.
     Drill(DrillArgs),
     /// Write the monthly DR drill report.
@@ -438,21 +438,68 @@ enum WalCmd {
 }
 
 #[derive(Args)]
+#[command(
+    after_help = "Scratch targets: an ephemeral PostgreSQL of the snapshot's major version (initdb + pg_ctl in a temp dir) \
+or the job's [job.verify] target; an ephemeral redis-server; a hashing sink or [job.verify] command for command jobs. \
+The result is stored as a verification record in the repository (and the primary); a failure exits 1 and alerts.
+
+Example:
+  lifeboat verify --policy policies/production.toml orders-db"
+)]
+struct VerifyArgs {
+    #[arg(long)]
+    policy: PathBuf,
+    /// The job whose snapshot to verify.
+    job: String,
+    /// Snapshot id, unique prefix, or `latest` (default).
+    #[arg(default_value = "latest")]
+    snapshot: String,
+    /// Verify from this [[repository]] (e.g. a replica) instead of the primary.
+    #[arg(long)]
+    repository: Option<String>,
+    #[command(flatten)]
+    identity: IdentityArg,
+}
+
+#[derive(Args)]
+#[command(after_help = "The drill's start is the incident. Per job: RTO = incident → restore verified; \
+RPO = incident − newest recoverable point in the surviving repository. Both are compared with the job's rto/rpo \
+targets; a drill record is stored in the surviving and the primary repository; any failure exits 1.
+
+Example:
+  lifeboat drill --policy policies/production.toml --scenario region-loss")]
 struct DrillArgs {
     #[arg(long)]
     policy: PathBuf,
+    /// A [[scenario]] of the policy (default: every scenario, one after another).
     #[arg(long)]
     scenario: Option<String>,
+    #[command(flatten)]
+    identity: IdentityArg,
 }
 
 #[derive(Args)]
 struct ReportArgs {
+    /// Policy file (repositories, jobs and their RPO/RTO targets).
     #[arg(long)]
-    month: String,
+    policy: PathBuf,
+    /// Read the records from this repository of the policy instead of the primary (when the primary region is gone).
+    #[arg(long)]
+    repository: Option<String>,
+    #[command(flatten)]
+    identity: IdentityArg,
+    /// The month, YYYY-MM (UTC).
+    #[arg(long, value_parser = parse_month)]
+    month: lifeboat::report::Month,
     #[arg(long, value_parser = ["html", "md", "json"], default_value = "html")]
     format: String,
+    /// Write the report here (atomically) instead of standard output.
     #[arg(long)]
     output: Option<PathBuf>,
+}
+
+fn parse_month(s: &str) -> std::result::Result<lifeboat::report::Month, String> {
+    s.parse().map_err(|e: lifeboat::report::ReportError| e.to_string())
 }
 
 #[derive(Subcommand)]
@@ -609,9 +656,9 @@ async fn dispatch(cli: Cli) -> Result<ExitCode> {
         Cmd::Replicate(a) => replicate_cmd(a, json).await,
         Cmd::Status(a) => status(a, json).await,
         Cmd::Wal(w) => wal_cmd(w, json).await,
-        Cmd::Verify(_) => Err(NotYet("verify").into()),
-        Cmd::Drill(_) => Err(NotYet("drill").into()),
-        Cmd::Report(_) => Err(NotYet("report").into()),
+        Cmd::Verify(a) => verify_cmd(a, json).await,
+        Cmd::Drill(a) => drill_cmd(a, json).await,
+        Cmd::Report(a) => report_cmd(a).await,
         Cmd::Deploy(DeployCmd::Render(a)) => {
             let policy = Policy::load(&a.policy)?;
             let mut o = lifeboat::deploy::RenderOptions {
@@ -1592,26 +1639,6 @@ async fn replicate_cmd(a: PolicyArgs, json: bool) -> Result<ExitCode> {
 
 type Steps = Vec<(String, std::result::Result<String, String>)>;
 
-/// The newest point a job can be restored to: its newest snapshot, or for
-/// PostgreSQL with WAL archiving the newest archived WAL after a base backup.
-async fn newest_recoverable(
-    repo: &Repository,
-    keys: &Keys,
-    job: &lifeboat::policy::JobSpec,
-) -> Result<Option<chrono::DateTime<chrono::Utc>>> {
-    let metas = repo.snapshot_metas(keys).await?;
-    let mine: Vec<_> = metas.iter().filter(|m| m.name == job.name).collect();
-    let mut point =
-        mine.iter().map(|m| if m.mode.as_deref() == Some("physical") { m.finished } else { m.started }).max();
-    if job.kind == JobKind::Postgres && job.wal_archiving {
-        if let Some(base) = mine.iter().filter(|m| m.mode.as_deref() == Some("physical")).map(|m| m.started).max() {
-            let last = wal::list(repo, &job.name).await?.into_iter().map(|h| h.pushed_at).filter(|t| *t >= base).max();
-            point = point.max(last);
-        }
-    }
-    Ok(point)
-}
-
 /// One run of a job: backup, replication to every replica, retention,
 /// metrics push and alerts. Never fails as a whole: each step reports.
 async fn run_once(
@@ -1716,7 +1743,7 @@ async fn run_once(
         }
         // The newest recoverable point older than the RPO target is an incident too.
         if let Some(rpo) = job.rpo.as_deref().and_then(|r| lifeboat::schedule::parse_duration(r).ok()) {
-            if let Ok(Some(point)) = newest_recoverable(repo, keys, job).await {
+            if let Ok(Some(point)) = lifeboat::drill::newest_recoverable(repo, keys, job).await {
                 let age = lifeboat::clock::now() - point;
                 if age > rpo {
                     let reason = format!(
@@ -1961,4 +1988,221 @@ fn rand_below(n: u64) -> u64 {
         .map(|d| d.subsec_nanos() as u64)
         .unwrap_or(0);
     t % n
+}
+
+/// Send a webhook alert if the policy has one; problems become warnings.
+async fn alert(policy: &Policy, job: &str, kind: &str, reason: String) {
+    let Some(hook) = policy.alerts.as_ref().and_then(|a| a.webhook.as_ref()) else { return };
+    let a = lifeboat::metrics::Alert {
+        text: format!(":rotating_light: lifeboat {kind} *{job}* failed: {reason}"),
+        job: job.to_string(),
+        kind: kind.to_string(),
+        reason,
+        time: lifeboat::clock::now(),
+    };
+    let sent = match lifeboat::policy::resolve_secret(hook) {
+        Ok(url) => lifeboat::metrics::send_alert(&url, &a).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(e) = sent {
+        eprintln!("warning: the {kind} alert could not be sent: {e}");
+    }
+}
+
+async fn verify_cmd(a: VerifyArgs, json: bool) -> Result<ExitCode> {
+    let policy = Policy::load(&a.policy)?;
+    let job = policy.job(&a.job)?.clone();
+    let spec = match &a.repository {
+        Some(n) => policy
+            .repositories
+            .iter()
+            .find(|r| &r.name == n)
+            .ok_or_else(|| anyhow::anyhow!("{}: no [[repository]] named {n:?}", a.policy.display()))?,
+        None => {
+            policy.repositories.first().ok_or_else(|| anyhow::anyhow!("{}: no [[repository]]", a.policy.display()))?
+        }
+    };
+    let url = spec.repo_url()?;
+    let repo = Repository::open(&url).await?;
+    let keys = read_keys(&repo, &a.identity, "verifying").await?;
+    let o = lifeboat::verify::VerifyOptions {
+        repository: spec.name.clone(),
+        region: spec.region(),
+        repo_url: match &url {
+            RepoUrl::Local(p) => std::fs::canonicalize(p)?.display().to_string(),
+            other => other.to_string(),
+        },
+        identity_file: a.identity.identity.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
+        exe: std::env::current_exe()?,
+    };
+    let v = lifeboat::verify::verify(&repo, &keys, &job, &a.snapshot, &o).await;
+    let record = serde_json::to_value(&v)?;
+    for p in lifeboat::drill::store_record(&policy, &spec.name, "verification", &record).await {
+        eprintln!("warning: {p}");
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for c in &v.checks {
+            println!("  [{}] {}: {}", if c.ok { "ok" } else { "FAIL" }, c.name, c.detail);
+        }
+        println!(
+            "{} (restore {}, checks {})",
+            v.summary(),
+            lifeboat::drill::fmt_secs(v.restore_secs),
+            lifeboat::drill::fmt_secs(v.verify_secs)
+        );
+    }
+    if !v.ok {
+        alert(&policy, &job.name, "verification", v.summary()).await;
+        return Ok(ExitCode::from(1));
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn drill_cmd(a: DrillArgs, json: bool) -> Result<ExitCode> {
+    let policy = Policy::load(&a.policy)?;
+    let scenarios: Vec<&lifeboat::policy::ScenarioSpec> = match &a.scenario {
+        Some(n) => vec![policy.scenarios.iter().find(|s| &s.name == n).ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: no [[scenario]] named {n:?} (have: {})",
+                a.policy.display(),
+                policy.scenarios.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+            )
+        })?],
+        None => policy.scenarios.iter().collect(),
+    };
+    if scenarios.is_empty() {
+        bail!(
+            "{}: no [[scenario]] to drill; add one (kind = \"region-loss\" or \"database-loss\")",
+            a.policy.display()
+        );
+    }
+    let identity_file = a
+        .identity
+        .identity
+        .clone()
+        .ok_or_else(|| lifeboat::Error::NeedIdentity { action: "a drill (it restores)".into() })?;
+    let o = lifeboat::drill::DrillOptions { identity_file, exe: std::env::current_exe()? };
+    let mut all_ok = true;
+    let mut out = Vec::new();
+    for s in scenarios {
+        let d = lifeboat::drill::run(&policy, s, &o).await?;
+        all_ok &= d.ok;
+        for p in lifeboat::drill::store_record(&policy, &d.repository, "drill", &serde_json::to_value(&d)?).await {
+            eprintln!("warning: {p}");
+        }
+        if !json {
+            print_drill(&d);
+        }
+        if !d.ok {
+            let failed: Vec<String> =
+                d.jobs.iter().filter(|j| !j.ok).map(|j| j.error.clone().unwrap_or_else(|| drill_miss(j))).collect();
+            alert(&policy, &d.scenario, "drill", failed.join("; ")).await;
+        }
+        out.push(d);
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    }
+    Ok(if all_ok { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Why a verified job still failed its drill: the targets it missed.
+fn drill_miss(j: &lifeboat::drill::DrillJob) -> String {
+    use lifeboat::drill::fmt_secs;
+    let mut v = Vec::new();
+    if j.rto_ok == Some(false) {
+        v.push(format!(
+            "job {}: RTO {} exceeds the target {}",
+            j.job,
+            fmt_secs(j.rto_secs.unwrap_or(0.0)),
+            fmt_secs(j.rto_target_secs.unwrap_or(0.0))
+        ));
+    }
+    if j.rpo_ok == Some(false) {
+        v.push(format!(
+            "job {}: RPO {} exceeds the target {}",
+            j.job,
+            fmt_secs(j.rpo_secs.unwrap_or(0.0)),
+            fmt_secs(j.rpo_target_secs.unwrap_or(0.0))
+        ));
+    }
+    v.join("; ")
+}
+
+fn print_drill(d: &lifeboat::drill::Drill) {
+    use lifeboat::drill::fmt_secs;
+    let opt = |v: Option<f64>| v.map(fmt_secs).unwrap_or_else(|| "-".into());
+    let verdict = |ok: Option<bool>| match ok {
+        Some(true) => "pass",
+        Some(false) => "FAIL",
+        None => "-",
+    };
+    println!(
+        "drill {:?} ({}) from repository {} ({}), incident at {}",
+        d.scenario,
+        d.kind,
+        d.repository,
+        d.region,
+        d.incident.format("%Y-%m-%d %H:%M:%S UTC")
+    );
+    println!(
+        "{:<24} {:<9} {:>12} {:>12} {:<5} {:>12} {:>12} {:<5} {}",
+        "JOB", "SNAPSHOT", "RTO TARGET", "RTO", "", "RPO TARGET", "RPO", "", "RESULT"
+    );
+    for j in &d.jobs {
+        println!(
+            "{:<24} {:<9} {:>12} {:>12} {:<5} {:>12} {:>12} {:<5} {}",
+            j.job,
+            j.snapshot.as_deref().map(|s| &s[..8.min(s.len())]).unwrap_or("-"),
+            opt(j.rto_target_secs),
+            opt(j.rto_secs),
+            verdict(j.rto_ok),
+            opt(j.rpo_target_secs),
+            opt(j.rpo_secs),
+            verdict(j.rpo_ok),
+            if j.ok {
+                "PASS".to_string()
+            } else {
+                format!("FAIL: {}", j.error.clone().unwrap_or_else(|| drill_miss(j)))
+            }
+        );
+    }
+    println!(
+        "{}: {} of {} job(s) passed{}",
+        if d.ok { "PASS" } else { "FAIL" },
+        d.jobs.iter().filter(|j| j.ok).count(),
+        d.jobs.len(),
+        d.runbook.as_deref().map(|r| format!("; runbook: {r}")).unwrap_or_default()
+    );
+}
+
+/// The monthly DR drill report, to stdout or atomically to --output.
+async fn report_cmd(a: ReportArgs) -> Result<ExitCode> {
+    use lifeboat::report;
+    let policy = Policy::load(&a.policy)?;
+    let format: report::Format = a.format.parse()?;
+    if a.identity.identity.is_none() {
+        return Err(lifeboat::Error::NeedIdentity { action: "reading the records for a report".into() }.into());
+    }
+    let ids = load_identity(&a.identity)?;
+    let data = report::gather(&policy, a.repository.as_deref(), ids, a.month, lifeboat::clock::now()).await?;
+    let text = report::render(&data, format)?;
+    let Some(path) = a.output else {
+        print!("{text}");
+        return Ok(ExitCode::SUCCESS);
+    };
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".lifeboat-report.{}.{}", std::process::id(), hex::encode(rand_bytes())));
+    let written = std::fs::write(&tmp, text.as_bytes())
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, &path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(anyhow::Error::new(e).context(format!("cannot write {}", path.display())));
+    }
+    eprintln!("{} report for {}: {} ({} reason(s))", a.format, data.title, data.verdict.label(), data.reasons.len());
+    println!("{}", path.display());
+    Ok(ExitCode::SUCCESS)
 }

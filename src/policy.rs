@@ -209,6 +209,10 @@ pub struct JobSpec {
     pub cert: Option<String>,
     #[serde(default)]
     pub key: Option<String>,
+
+    /// How `lifeboat verify` and drills check a restore (`[job.verify]`).
+    #[serde(default)]
+    pub verify: Option<crate::verify::VerifySpec>,
 }
 
 impl JobSpec {

@@ -4,46 +4,11 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::TcpListener;
+use std::io::Write;
 use std::process::Stdio;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A one-purpose HTTP server: records (method, path, body) of each request.
-fn http_sink() -> (String, mpsc::Receiver<(String, String, String)>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("http://{}", l.local_addr().unwrap());
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for conn in l.incoming().take(20) {
-            let Ok(mut c) = conn else { continue };
-            let mut r = BufReader::new(c.try_clone().unwrap());
-            let mut line = String::new();
-            r.read_line(&mut line).unwrap();
-            let mut parts = line.split_whitespace();
-            let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
-            let mut len = 0;
-            loop {
-                let mut h = String::new();
-                r.read_line(&mut h).unwrap();
-                if h.trim().is_empty() {
-                    break;
-                }
-                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
-                    len = v.trim().parse().unwrap();
-                }
-            }
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
-            let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
-            let _ = tx.send((method, path, String::from_utf8_lossy(&body).to_string()));
-        }
-    });
-    (addr, rx)
-}
 
 fn policy_file(dir: &std::path::Path, body: &str) -> String {
     let p = dir.join(format!("policy-{}.toml", hex::encode(rand::random::<[u8; 3]>())));

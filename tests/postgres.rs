@@ -10,28 +10,6 @@ use std::time::Duration;
 
 use common::*;
 
-fn pg_url() -> String {
-    std::env::var("LIFEBOAT_TEST_PG_URL").expect("LIFEBOAT_TEST_PG_URL is not set: run the tests with scripts/test")
-}
-fn pg_bin() -> String {
-    std::env::var("LIFEBOAT_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
-}
-fn url_for(db: &str) -> String {
-    let base = pg_url();
-    let (root, _) = base.rsplit_once('/').unwrap();
-    format!("{root}/{db}")
-}
-
-/// psql as the test superuser; returns trimmed stdout, panics on error.
-fn psql(db: &str, sql: &str) -> String {
-    let out = Command::new(format!("{}/psql", pg_bin()))
-        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-t", "-A", "-d", &url_for(db), "-c", sql])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 fn new_db(prefix: &str) -> String {
     let name = format!("{prefix}_{}", hex::encode(rand::random::<[u8; 4]>()));
     psql("postgres", &format!("create database {name}"));
@@ -403,9 +381,9 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-#[test]
-fn physical_backup_wal_archive_and_point_in_time_restore() {
-    let f = Fixture::local();
+/// A PostgreSQL cluster of the test's own (run as the postgres user) whose
+/// archive_command pushes WAL to the fixture's repository under `archive`.
+fn archiving_cluster(f: &Fixture, archive: &str) -> (Cluster, std::path::PathBuf) {
     std::fs::set_permissions(f.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     chown_postgres(f.dir.path());
     let exe = env!("CARGO_BIN_EXE_lifeboat");
@@ -416,7 +394,8 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let archive_cmd = format!("LIFEBOAT_WRITE_KEY_FILE={} {exe} wal push --repo {} --archive pitr %p", f.wk(), f.repo);
+    let archive_cmd =
+        format!("LIFEBOAT_WRITE_KEY_FILE={} {exe} wal push --repo {} --archive {archive} %p", f.wk(), f.repo);
     let conf = format!(
         "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\narchive_mode = on\narchive_command = '{archive_cmd}'\nmax_wal_senders = 4\n",
         f.dir.path().display()
@@ -430,14 +409,20 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let primary = Cluster { dir: data.clone(), port };
-    struct StopOnDrop<'a>(&'a Cluster);
-    impl Drop for StopOnDrop<'_> {
-        fn drop(&mut self) {
-            self.0.stop();
-        }
+    (Cluster { dir: data, port }, log)
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop();
     }
-    let _guard = StopOnDrop(&primary);
+}
+
+#[test]
+fn physical_backup_wal_archive_and_point_in_time_restore() {
+    let f = Fixture::local();
+    let exe = env!("CARGO_BIN_EXE_lifeboat");
+    let (primary, log) = archiving_cluster(&f, "pitr");
 
     primary.psql("create table markers (id int primary key, at timestamptz default clock_timestamp())");
     let policy = write_policy(
@@ -445,7 +430,7 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
         "[[job]]\nname = \"pitr\"\nkind = \"postgres\"\nmode = \"physical\"\nurl = \"env:PITR_URL\"\nwal_archiving = true\nrpo = \"15m\"\n",
     );
     chown_postgres(f.dir.path());
-    let url = format!("postgres://postgres@127.0.0.1:{port}/postgres");
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", primary.port);
     let out = as_postgres(
         &[exe, "--json", "backup", "--policy", &policy, "pitr", "--write-key", f.wk()],
         &[("PITR_URL", &url)],
@@ -565,4 +550,77 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
     let e = stderr(&out);
     assert!(e.contains(&format!("WAL segment {victim} is missing")) && e.contains("recovery can only reach"), "{e}");
     assert!(!dir4.exists(), "nothing is laid out when the archive has a hole");
+}
+
+#[test]
+fn database_loss_drill_recovers_base_backup_plus_wal_to_now() {
+    let f = Fixture::local();
+    let exe = env!("CARGO_BIN_EXE_lifeboat");
+    let (primary, log) = archiving_cluster(&f, "orders-physical");
+    primary.psql("create table orders (id int primary key, at timestamptz default clock_timestamp())");
+    let policy = write_policy(
+        &f,
+        r#"[[job]]
+name = "orders-physical"
+kind = "postgres"
+mode = "physical"
+url = "env:PITR_URL"
+wal_archiving = true
+schedule = "30 1 * * *"
+rpo = "15m"
+rto = "15m"
+[[job.verify.assert]]
+sql = "select count(*) from orders"
+expect = "= 50"
+
+[[scenario]]
+name = "database-loss"
+kind = "database-loss"
+jobs = ["orders-physical"]
+runbook = "runbooks/database-failure.md"
+"#,
+    );
+    chown_postgres(f.dir.path());
+    let url = format!("postgres://postgres@127.0.0.1:{}/postgres", primary.port);
+    ok(&as_postgres(
+        &[exe, "backup", "--policy", &policy, "orders-physical", "--write-key", f.wk()],
+        &[("PITR_URL", &url)],
+    ));
+    // Rows written after the base backup exist only in the WAL archive.
+    primary.psql("insert into orders (id) select generate_series(1, 50)");
+    let last = primary.psql("select pg_walfile_name(pg_switch_wal())");
+    for _ in 0..150 {
+        if primary.psql("select coalesce(last_archived_wal, '') from pg_stat_archiver") >= last {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(primary.psql("select failed_count from pg_stat_archiver"), "0", "see {}", log.display());
+
+    let out = as_postgres(
+        &[exe, "--json", "drill", "--policy", &policy, "--identity", f.id(), "--scenario", "database-loss"],
+        &[],
+    );
+    let d: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap_or_else(|e| panic!("{e}: {}", stderr(&out)));
+    assert!(out.status.success(), "{d:#}\n{}", stderr(&out));
+    let j = &d[0]["jobs"][0];
+    assert_eq!(j["verified"], true, "{j:#}");
+    let checks = j["checks"].as_array().unwrap();
+    assert!(checks.iter().any(|c| c["name"] == "recovery" && c["ok"] == true), "{j:#}");
+    // The assertion sees the 50 rows: recovery replayed the WAL archive up to now.
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "assertion" && c["ok"] == true && c["detail"].as_str().unwrap().contains("→ 50")),
+        "{j:#}"
+    );
+    let rpo = j["rpo_secs"].as_f64().unwrap();
+    assert!(rpo < 120.0, "the newest archived WAL is seconds old, RPO {rpo}");
+    assert_eq!(j["rpo_ok"], true);
+    assert_eq!(j["rto_ok"], true);
+
+    // verify as root is refused with what to do instead.
+    let out = bin().args(["verify", "--policy", &policy, "orders-physical", "--identity", f.id()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stdout(&out).contains("runuser -u postgres -- lifeboat verify"), "{}", stdout(&out));
 }

@@ -330,16 +330,31 @@ impl Repository {
     /// drill) under `records/<kind>/`, encrypted to the recipients: needs no
     /// secret to write, the identity to read.
     pub async fn write_record(&self, kind: &str, record: &serde_json::Value) -> Result<String> {
+        let key = record_key(kind);
+        self.put_record(&key, record).await?;
+        Ok(key)
+    }
+
+    /// Write a record under a key from [`record_key`]: a drill writes the same
+    /// record to the surviving and the primary repository under one key, so
+    /// that replication later sees it as present instead of copying a twin.
+    pub async fn put_record(&self, key: &str, record: &serde_json::Value) -> Result<()> {
+        let ct = self.seal_record(record)?;
+        self.put_sealed_record(key, ct).await
+    }
+
+    /// A record encrypted to the recipients. Store one sealed record in every
+    /// copy: two encryptions of the same record differ (random file key and
+    /// grease stanzas, even in size), and replication refuses an object that
+    /// differs from the one already under its key.
+    pub fn seal_record(&self, record: &serde_json::Value) -> Result<Bytes> {
         let recipients = self.recipients()?;
         let pt = serde_json::to_vec(record).map_err(|e| Error::Other(e.to_string()))?;
-        let ct = crypto::encrypt(&recipients, &pt)?;
-        let key = format!(
-            "records/{kind}/{}-{}",
-            crate::clock::now().format("%Y%m%dT%H%M%S%.6fZ"),
-            hex::encode(rand::random::<[u8; 4]>())
-        );
-        self.backend.put_new(&key, Bytes::from(ct)).await?;
-        Ok(key)
+        Ok(Bytes::from(crypto::encrypt(&recipients, &pt)?))
+    }
+
+    pub async fn put_sealed_record(&self, key: &str, sealed: Bytes) -> Result<()> {
+        Ok(self.backend.put_new(key, sealed).await?)
     }
 
     /// Every record of a kind, oldest first.
@@ -436,4 +451,13 @@ where
 pub fn pack_key(id: &crypto::ChunkId) -> String {
     let h = id.to_hex();
     format!("packs/{}/{}", &h[..2], h)
+}
+
+/// A new record's key: `records/<kind>/<time>-<random>`, time on [`crate::clock`].
+pub fn record_key(kind: &str) -> String {
+    format!(
+        "records/{kind}/{}-{}",
+        crate::clock::now().format("%Y%m%dT%H%M%S%.6fZ"),
+        hex::encode(rand::random::<[u8; 4]>())
+    )
 }

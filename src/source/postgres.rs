@@ -15,6 +15,7 @@ use tracing::{info, warn};
 use crate::error::{Error, Result};
 use crate::pipeline::{BackupSession, restore_stream};
 use crate::repo::{Index, Keys, Manifest, Repository};
+use crate::scratch::ScratchDir;
 use crate::source::{capture, describe, stream_process, tail, wait};
 
 /// Options of a `kind = "postgres"` job.
@@ -198,8 +199,8 @@ impl PgTarget {
         vars.push(("PGSSLMODE".into(), mode.into()));
         let mut passfile = None;
         if let Some(pw) = self.cfg.get_password() {
-            let dir = tempfile_dir()?;
-            let path = dir.join("pgpass");
+            let dir = ScratchDir::new("pgpass")?;
+            let path = dir.path().join("pgpass");
             let esc = |s: &str| s.replace('\\', "\\\\").replace(':', "\\:");
             let line = format!("*:*:*:*:{}\n", esc(&String::from_utf8_lossy(pw)));
             crate::crypto::write_secret_file(&path, &line)
@@ -207,7 +208,7 @@ impl PgTarget {
             vars.push(("PGPASSFILE".into(), path.display().to_string()));
             passfile = Some(dir);
         }
-        Ok(ToolEnv { vars, _dir: passfile.map(TempDir) })
+        Ok(ToolEnv { vars, _dir: passfile })
     }
 }
 
@@ -215,32 +216,10 @@ fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
     Ok(tokio_postgres_rustls::MakeRustlsConnect::new(crate::crypto::tls_client_config()?))
 }
 
-/// A private temp dir removed on drop (holds the PGPASSFILE).
-struct TempDir(PathBuf);
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn tempfile_dir() -> Result<PathBuf> {
-    use std::os::unix::fs::DirBuilderExt;
-    let dir = std::env::temp_dir().join(format!(
-        "lifeboat-{}-{}",
-        std::process::id(),
-        hex::encode(rand::random::<[u8; 6]>())
-    ));
-    std::fs::DirBuilder::new()
-        .mode(0o700)
-        .create(&dir)
-        .map_err(|e| Error::Other(format!("cannot create {}: {e}", dir.display())))?;
-    Ok(dir)
-}
-
 /// Connection environment for a child process; removes its PGPASSFILE when dropped.
 pub struct ToolEnv {
     vars: Vec<(String, String)>,
-    _dir: Option<TempDir>,
+    _dir: Option<ScratchDir>,
 }
 
 impl ToolEnv {
@@ -537,9 +516,8 @@ pub async fn restore_logical(
     let started = std::time::Instant::now();
     if jobs > 1 {
         // Parallel pg_restore needs a seekable file.
-        let dir = tempfile_dir()?;
-        let _cleanup = TempDir(dir.clone());
-        let file = dir.join("dump");
+        let dir = ScratchDir::new("pg-restore")?;
+        let file = dir.path().join("dump");
         let f = std::fs::File::create(&file).map_err(Error::Output)?;
         restore_stream(repo, keys, index, &m.id, stream, f).await?;
         let mut cmd = tools.command("pg_restore");
@@ -816,7 +794,7 @@ pub async fn start_and_wait(tools: &Tools, dir: &Path, port: u16, wait_secs: u64
         return Err(Error::Other(format!("the restored server did not start{}", log_tail())));
     }
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host_path(&sock).port(port).dbname("postgres").user(&current_user());
+    cfg.host_path(&sock).port(port).dbname("postgres").user(&os_user());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
     loop {
         if let Ok((c, conn)) = cfg.connect(tokio_postgres::NoTls).await {
@@ -838,7 +816,8 @@ pub async fn start_and_wait(tools: &Tools, dir: &Path, port: u16, wait_secs: u64
     }
 }
 
-fn current_user() -> String {
+/// The operating-system user (the role a local trust/peer connection uses).
+pub fn os_user() -> String {
     std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
         // runuser may not set USER; fall back to the name of our uid.
         let uid = std::fs::read_to_string("/proc/self/status")

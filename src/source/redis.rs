@@ -1500,8 +1500,8 @@ async fn restore_rdb_stream(
     mut restorer: Restorer,
     databases: u32,
 ) -> Result<(Restorer, u64)> {
-    let dir = TempDir::new()?;
-    let rdb = dir.0.join("dump.rdb");
+    let dir = crate::scratch::ScratchDir::new("redis")?;
+    let rdb = dir.path().join("dump.rdb");
     let f = std::fs::File::create(&rdb).map_err(Error::Output)?;
     restore_stream(repo, keys, index, &m.id, s, f).await?;
     let version = m.source["server_version"].as_str().unwrap_or("?").to_string();
@@ -1553,29 +1553,6 @@ async fn restore_rdb_stream(
     .await
 }
 
-/// A private temporary directory (0700), removed on drop.
-struct TempDir(PathBuf);
-impl TempDir {
-    fn new() -> Result<TempDir> {
-        use std::os::unix::fs::DirBuilderExt;
-        let dir = std::env::temp_dir().join(format!(
-            "lifeboat-redis-{}-{}",
-            std::process::id(),
-            hex::encode(rand::random::<[u8; 6]>())
-        ));
-        std::fs::DirBuilder::new()
-            .mode(0o700)
-            .create(&dir)
-            .map_err(|e| Error::Other(format!("cannot create {}: {e}", dir.display())))?;
-        Ok(TempDir(dir))
-    }
-}
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// A throwaway redis-server that loads an RDB and listens only on a unix socket.
 struct TempServer {
     child: Child,
@@ -1583,15 +1560,15 @@ struct TempServer {
 }
 
 impl TempServer {
-    fn start(dir: &TempDir, databases: u32, source_version: &str) -> Result<TempServer> {
+    fn start(dir: &crate::scratch::ScratchDir, databases: u32, source_version: &str) -> Result<TempServer> {
         let exe = std::env::var("LIFEBOAT_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
-        let sock = dir.0.join("redis.sock");
-        let log = dir.0.join("redis.log");
+        let sock = dir.path().join("redis.sock");
+        let log = dir.path().join("redis.log");
         let mut cmd = Command::new(&exe);
         cmd.args(["--port", "0", "--unixsocket"])
             .arg(&sock)
             .args(["--unixsocketperm", "700", "--dir"])
-            .arg(&dir.0)
+            .arg(dir.path())
             .args(["--dbfilename", "dump.rdb", "--save", "", "--appendonly", "no", "--daemonize", "no", "--logfile"])
             .arg(&log)
             .args(["--databases", &databases.max(16).to_string()])

@@ -238,3 +238,108 @@ fn create_bucket(name: &str, region: &str) {
         req.send().await.expect("create bucket on the test S3 server");
     });
 }
+
+/// Keys under `prefix` in a test bucket.
+pub fn s3_keys(bucket: &str, region: &str, prefix: &str) -> Vec<String> {
+    let (b, r, p) = (bucket.to_string(), region.to_string(), prefix.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let c = s3_client(&r).await;
+            let mut out = Vec::new();
+            let mut token = None;
+            loop {
+                let resp = c
+                    .list_objects_v2()
+                    .bucket(&b)
+                    .prefix(&p)
+                    .set_continuation_token(token.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                out.extend(resp.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+                token = resp.next_continuation_token().map(str::to_string);
+                if token.is_none() {
+                    break;
+                }
+            }
+            out
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// Flip one byte in the middle of an object in a test bucket (same size, so replication will not repair it).
+pub fn s3_flip_byte(bucket: &str, region: &str, key: &str) {
+    let (b, r, k) = (bucket.to_string(), region.to_string(), key.to_string());
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async {
+            let c = s3_client(&r).await;
+            let obj = c.get_object().bucket(&b).key(&k).send().await.unwrap();
+            let mut data = obj.body.collect().await.unwrap().into_bytes().to_vec();
+            let mid = data.len() / 2;
+            data[mid] ^= 0x55;
+            c.put_object().bucket(&b).key(&k).body(data.into()).send().await.unwrap();
+        })
+    })
+    .join()
+    .unwrap()
+}
+
+/// A one-purpose HTTP server: records (method, path, body) of each request.
+pub fn http_sink() -> (String, std::sync::mpsc::Receiver<(String, String, String)>) {
+    use std::io::{BufRead, Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", l.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for conn in l.incoming().take(20) {
+            let Ok(mut c) = conn else { continue };
+            let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+            let mut line = String::new();
+            r.read_line(&mut line).unwrap();
+            let mut parts = line.split_whitespace();
+            let (method, path) = (parts.next().unwrap_or("").to_string(), parts.next().unwrap_or("").to_string());
+            let mut len = 0;
+            loop {
+                let mut h = String::new();
+                r.read_line(&mut h).unwrap();
+                if h.trim().is_empty() {
+                    break;
+                }
+                if let Some(v) = h.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap();
+                }
+            }
+            let mut body = vec![0; len];
+            r.read_exact(&mut body).unwrap();
+            let _ = c.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            let _ = tx.send((method, path, String::from_utf8_lossy(&body).to_string()));
+        }
+    });
+    (addr, rx)
+}
+
+// PostgreSQL test server (scripts/test-servers).
+pub fn pg_url() -> String {
+    std::env::var("LIFEBOAT_TEST_PG_URL").expect("LIFEBOAT_TEST_PG_URL is not set: run the tests with scripts/test")
+}
+pub fn pg_bin() -> String {
+    std::env::var("LIFEBOAT_TEST_PG_BIN").unwrap_or_else(|_| "/usr/lib/postgresql/15/bin".into())
+}
+pub fn url_for(db: &str) -> String {
+    let base = pg_url();
+    let (root, _) = base.rsplit_once('/').unwrap();
+    format!("{root}/{db}")
+}
+/// psql as the test superuser; returns trimmed stdout, panics on error.
+pub fn psql(db: &str, sql: &str) -> String {
+    let out = Command::new(format!("{}/psql", pg_bin()))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-t", "-A", "-d", &url_for(db), "-c", sql])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
