@@ -276,7 +276,7 @@ fn jobs_table(h: &mut String, d: &ReportData) {
                 h,
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td class=\"n bad\">{}</td><td class=\"n\">{}</td></tr>",
                 esc(&j.job),
-                if g.from_period_start { "none (month start)".into() } else { fmt_time(g.from) },
+                if g.from_period_start { format!("none before {}", fmt_time(g.from)) } else { fmt_time(g.from) },
                 if g.to_period_end { format!("none yet ({})", fmt_time(g.to)) } else { fmt_time(g.to) },
                 fmt_secs(g.secs),
                 opt_secs(j.rpo_target_secs)

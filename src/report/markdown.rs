@@ -94,7 +94,7 @@ pub fn render_markdown(d: &ReportData) -> String {
                 m,
                 "| {} | {} | {} | {} ({} s) | {} |",
                 cell(&j.job),
-                if g.from_period_start { "month start (no earlier point)".into() } else { fmt_time(g.from) },
+                if g.from_period_start { format!("{} (no earlier point)", fmt_time(g.from)) } else { fmt_time(g.from) },
                 if g.to_period_end { format!("{} (no point yet)", fmt_time(g.to)) } else { fmt_time(g.to) },
                 fmt_secs(g.secs),
                 g.secs,

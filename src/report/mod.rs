@@ -642,7 +642,14 @@ pub fn build(ctx: &Context, policy: &Policy, inputs: &Inputs) -> std::result::Re
                 points.extend(after);
             }
         }
-        let all_gaps = gaps(&points, start, end);
+        // A job first run this month is measured from its first run (ok or failed), not
+        // from the month start: before it there was nothing to protect.
+        let first_run = mine.iter().filter_map(|b| b.time).min();
+        let since = match first_run {
+            Some(t) if t > start => t,
+            _ => start,
+        };
+        let all_gaps = gaps(&points, since, end);
         let worst = worst_gap(&all_gaps).cloned();
         let rpo_target = spec.and_then(|s| parse_secs(s.rpo.as_deref()));
         let rto_target = spec.and_then(|s| parse_secs(s.rto.as_deref()));
@@ -1153,6 +1160,18 @@ rpo = "2d"
         // Sub-second jitter rounds to the second.
         let g = gaps(&[t("2026-10-09T02:00:00.400Z"), t("2026-10-12T02:00:00.300Z")], s, e);
         assert_eq!(g[1].secs, 259200);
+    }
+
+    #[test]
+    fn a_job_new_this_month_is_measured_from_its_first_run() {
+        let p = policy(POLICY);
+        let inputs = Inputs {
+            backups: vec![backup("db", "2026-10-30T02:00:00Z", false), backup("db", "2026-10-31T02:00:00Z", true)],
+            ..Default::default()
+        };
+        let r = build(&ctx("2026-10-31T12:00:00Z"), &p, &inputs).unwrap();
+        // Not 30 days from the month start: one day from the first (failed) run to the first snapshot.
+        assert_eq!(r.jobs[0].achieved_rpo_secs, 86400);
     }
 
     #[test]
