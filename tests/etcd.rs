@@ -168,6 +168,13 @@ fn snapshot_of_10k_keys_restores_into_a_new_member_with_every_key_and_value() {
     assert_eq!(check.keys, src["keys"].as_i64().unwrap());
     assert_eq!(check.revision, src["revision"].as_i64().unwrap());
 
+    // lifeboat verify: restore into a scratch data dir, start a temporary member, compare with the manifest.
+    let out = run(&["--json", "verify", "--policy", pol.to_str().unwrap(), "etcd", "--identity", f.id()]);
+    let v: Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(v["ok"], true, "{v:#}");
+    let keys = v["checks"].as_array().unwrap().iter().find(|c| c["name"] == "keys").unwrap().clone();
+    assert!(keys["detail"].as_str().unwrap().contains(&format!("{} keys", src["keys"])), "{keys}");
+
     // Leave the shared server as we found it.
     rt.block_on(async {
         let mut c = connect(&endpoint()).await;

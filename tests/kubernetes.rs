@@ -856,6 +856,26 @@ fn dry_run_prints_the_plan_and_to_dir_writes_yaml_for_kubectl() {
     assert!(lines.last().unwrap().contains("Widget staging/gear"), "{plan}");
     assert!(!plan.contains("Secret"), "secrets were excluded from the export: {plan}");
 
+    // lifeboat verify: every object parses and the plan covers what was exported.
+    let v: Value = serde_json::from_str(&ok(&run(&[
+        "--json",
+        "verify",
+        "--policy",
+        pol.to_str().unwrap(),
+        "cluster-state",
+        "--identity",
+        f.id(),
+    ])))
+    .unwrap();
+    assert_eq!(v["ok"], true, "{v:#}");
+    let checks = v["checks"].as_array().unwrap();
+    assert!(
+        checks
+            .iter()
+            .any(|c| c["name"] == "plan" && c["detail"].as_str().unwrap().contains("as many as were exported")),
+        "{v:#}"
+    );
+
     let dir = f.dir.path().join("yaml");
     let out = run(&["restore", "--repo", &f.repo, "--identity", f.id(), id, "--to-dir", dir.to_str().unwrap()]);
     ok(&out);
@@ -1010,4 +1030,15 @@ fn malformed_object_in_snapshot_fails_that_object_and_the_rest_is_restored() {
     let sec = dst.objects_of("", "secrets");
     assert_eq!(sec[&("staging".to_string(), "s".to_string())]["data"]["password"], SECRET_VALUE);
     assert!(dst.objects_of("apps", "deployments").is_empty());
+
+    // lifeboat verify fails on the same snapshot and names the objects.
+    let pol = policy(&f, &kc, "");
+    let out = run(&["verify", "--policy", pol.to_str().unwrap(), "cluster-state", "--identity", f.id()]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    assert!(
+        text.contains("[FAIL] parse: 2 object(s) do not parse") && text.contains("Deployment staging/broken"),
+        "{text}"
+    );
+    assert!(!text.contains(SECRET_VALUE));
 }
