@@ -239,16 +239,19 @@ fn prune_and_backups_at_the_same_time() {
             .unwrap();
         let mut stdin = backup.stdin.take().unwrap();
         let d = data.clone();
-        let feeder = std::thread::spawn(move || {
+        // A write error means the backup exited early: its own stderr (checked by `ok` below) says why.
+        let feeder = std::thread::spawn(move || -> std::io::Result<()> {
             for c in d.chunks(1 << 20) {
-                stdin.write_all(c).unwrap();
+                stdin.write_all(c)?;
                 std::thread::sleep(Duration::from_millis(20));
             }
+            Ok(())
         });
         let prune = run(&["prune", "--repo", &f.repo, "--identity", f.id(), "--grace", "0s"]);
-        feeder.join().unwrap();
+        let fed = feeder.join().unwrap();
         let out = backup.wait_with_output().unwrap();
         let id = ok(&out).trim().to_string();
+        fed.unwrap();
         // Prune either ran (before/after the backup's lock) or stepped aside; never half.
         if !prune.status.success() {
             assert!(stderr(&prune).contains("backup(s) are running"), "{}", stderr(&prune));

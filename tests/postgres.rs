@@ -381,12 +381,24 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// The lifeboat binary where the postgres user can run it: a copy in the
+/// fixture dir, because the build dir may sit below a private (0700) checkout.
+fn exe_for_postgres(f: &Fixture) -> String {
+    let dst = f.dir.path().join("lifeboat");
+    if !dst.exists() {
+        std::fs::copy(env!("CARGO_BIN_EXE_lifeboat"), &dst).unwrap();
+        std::fs::set_permissions(&dst, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    }
+    dst.display().to_string()
+}
+
 /// A PostgreSQL cluster of the test's own (run as the postgres user) whose
 /// archive_command pushes WAL to the fixture's repository under `archive`.
 fn archiving_cluster(f: &Fixture, archive: &str) -> (Cluster, std::path::PathBuf) {
     std::fs::set_permissions(f.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     chown_postgres(f.dir.path());
-    let exe = env!("CARGO_BIN_EXE_lifeboat");
+    let exe_path = exe_for_postgres(f);
+    let exe = exe_path.as_str();
     let data = f.dir.path().join("data");
     let port = free_port();
     let out = as_postgres(
@@ -421,7 +433,8 @@ impl Drop for Cluster {
 #[test]
 fn physical_backup_wal_archive_and_point_in_time_restore() {
     let f = Fixture::local();
-    let exe = env!("CARGO_BIN_EXE_lifeboat");
+    let exe_path = exe_for_postgres(&f);
+    let exe = exe_path.as_str();
     let (primary, log) = archiving_cluster(&f, "pitr");
 
     primary.psql("create table markers (id int primary key, at timestamptz default clock_timestamp())");
@@ -555,7 +568,8 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
 #[test]
 fn database_loss_drill_recovers_base_backup_plus_wal_to_now() {
     let f = Fixture::local();
-    let exe = env!("CARGO_BIN_EXE_lifeboat");
+    let exe_path = exe_for_postgres(&f);
+    let exe = exe_path.as_str();
     let (primary, log) = archiving_cluster(&f, "orders-physical");
     primary.psql("create table orders (id int primary key, at timestamptz default clock_timestamp())");
     let policy = write_policy(
