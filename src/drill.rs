@@ -147,12 +147,7 @@ async fn run_inner(policy: &Policy, s: &ScenarioSpec, o: &DrillOptions) -> Resul
     let vo = VerifyOptions {
         repository: spec.name.clone(),
         region: spec.region(),
-        repo_url: match &url {
-            crate::storage::RepoUrl::Local(p) => {
-                std::fs::canonicalize(p).map(|p| p.display().to_string()).unwrap_or_else(|_| url.to_string())
-            }
-            other => other.to_string(),
-        },
+        repo_url: url.absolute().unwrap_or_else(|_| url.to_string()),
         identity_file: Some(std::fs::canonicalize(&o.identity_file).unwrap_or_else(|_| o.identity_file.clone())),
         exe: o.exe.clone(),
     };

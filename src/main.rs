@@ -895,15 +895,7 @@ async fn snapshots(a: SnapshotsArgs, json: bool) -> Result<ExitCode> {
             println!("{}", serde_json::to_string_pretty(&list)?);
         } else {
             for m in &list {
-                println!(
-                    "{:<10} {:<20} {:<24} {:<8} {:>10}  {}",
-                    m.short_id(),
-                    m.started.format("%Y-%m-%d %H:%M:%S"),
-                    m.name,
-                    m.kind,
-                    human(m.size),
-                    m.tags.join(",")
-                );
+                print_snapshot_row(m.short_id(), m.started, &m.name, &m.kind, m.size, &m.tags);
             }
             println!("{} snapshot(s)", list.len());
         }
@@ -928,19 +920,31 @@ async fn snapshots(a: SnapshotsArgs, json: bool) -> Result<ExitCode> {
     } else {
         println!("{:<10} {:<20} {:<24} {:<8} {:>10}  tags", "id", "time (UTC)", "name", "kind", "size");
         for m in &list {
-            println!(
-                "{:<10} {:<20} {:<24} {:<8} {:>10}  {}",
-                m.short_id(),
-                m.started.format("%Y-%m-%d %H:%M:%S"),
-                m.name,
-                m.kind,
-                human(m.total_size()),
-                m.tags.join(",")
-            );
+            print_snapshot_row(m.short_id(), m.started, &m.name, &m.kind, m.total_size(), &m.tags);
         }
         println!("{} snapshot(s)", list.len());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// One line of `lifeboat snapshots` (the same columns with the write credential or the identity).
+fn print_snapshot_row(
+    id: &str,
+    started: chrono::DateTime<chrono::Utc>,
+    name: &str,
+    kind: &str,
+    size: u64,
+    tags: &[String],
+) {
+    println!(
+        "{:<10} {:<20} {:<24} {:<8} {:>10}  {}",
+        id,
+        started.format("%Y-%m-%d %H:%M:%S"),
+        name,
+        kind,
+        human(size),
+        tags.join(",")
+    );
 }
 
 async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
@@ -1013,15 +1017,7 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
             start: a.start,
             port: a.port,
             exe: std::env::current_exe()?,
-            // PostgreSQL runs restore_command from inside the data directory:
-            // a relative local repository path would point nowhere there.
-            repo_url: match &a.repo.repo {
-                RepoUrl::Local(p) => std::fs::canonicalize(p)
-                    .with_context(|| format!("repository {}", p.display()))?
-                    .display()
-                    .to_string(),
-                other => other.to_string(),
-            },
+            repo_url: a.repo.repo.absolute().with_context(|| format!("repository {}", a.repo.repo))?,
             identity,
             wait_secs: a.wait,
         };
@@ -2028,10 +2024,7 @@ async fn verify_cmd(a: VerifyArgs, json: bool) -> Result<ExitCode> {
     let o = lifeboat::verify::VerifyOptions {
         repository: spec.name.clone(),
         region: spec.region(),
-        repo_url: match &url {
-            RepoUrl::Local(p) => std::fs::canonicalize(p)?.display().to_string(),
-            other => other.to_string(),
-        },
+        repo_url: url.absolute().with_context(|| format!("repository {url}"))?,
         identity_file: a.identity.identity.as_ref().map(|p| std::fs::canonicalize(p).unwrap_or_else(|_| p.clone())),
         exe: std::env::current_exe()?,
     };

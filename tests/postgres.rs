@@ -369,6 +369,21 @@ impl Cluster {
         assert!(out.status.success(), "{sql}: {}", String::from_utf8_lossy(&out.stderr));
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
+    /// Wait (up to 30 s) until the archiver has pushed `segment`; no archive_command may have failed.
+    fn wait_archived(&self, segment: &str, log: &Path) {
+        for _ in 0..150 {
+            if self.psql("select coalesce(last_archived_wal, '') from pg_stat_archiver").as_str() >= segment {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert_eq!(
+            self.psql("select failed_count from pg_stat_archiver"),
+            "0",
+            "archive_command failed: see {}",
+            log.display()
+        );
+    }
     fn stop(&self) {
         let _ = as_postgres(
             &[&format!("{}/pg_ctl", pg_bin()), "-D", self.dir.to_str().unwrap(), "-m", "fast", "-w", "stop"],
@@ -461,19 +476,7 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
         // pg_walfile_name of the switch point is the segment just completed.
         last_segment = primary.psql("select pg_walfile_name(pg_switch_wal())");
     }
-    // Wait until the archiver has caught up.
-    for _ in 0..150 {
-        if primary.psql("select coalesce(last_archived_wal, '') from pg_stat_archiver") >= last_segment {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(
-        primary.psql("select failed_count from pg_stat_archiver"),
-        "0",
-        "archive_command failed: see {}",
-        log.display()
-    );
+    primary.wait_archived(&last_segment, &log);
 
     // status: newest recoverable point comes from the WAL archive.
     let st = ok(&as_postgres(&[exe, "--json", "status", "--policy", &policy, "--identity", f.id()], &[]));
@@ -603,13 +606,7 @@ runbook = "runbooks/database-failure.md"
     // Rows written after the base backup exist only in the WAL archive.
     primary.psql("insert into orders (id) select generate_series(1, 50)");
     let last = primary.psql("select pg_walfile_name(pg_switch_wal())");
-    for _ in 0..150 {
-        if primary.psql("select coalesce(last_archived_wal, '') from pg_stat_archiver") >= last {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert_eq!(primary.psql("select failed_count from pg_stat_archiver"), "0", "see {}", log.display());
+    primary.wait_archived(&last, &log);
 
     let out = as_postgres(
         &[exe, "--json", "drill", "--policy", &policy, "--identity", f.id(), "--scenario", "database-loss"],

@@ -272,23 +272,6 @@ pub struct VerificationRow {
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DrillJobRow {
-    pub job: String,
-    pub tier: Option<String>,
-    pub snapshot: Option<String>,
-    pub recoverable_point: Option<DateTime<Utc>>,
-    pub rto_target_secs: Option<f64>,
-    pub rto_secs: Option<f64>,
-    pub rto_ok: Option<bool>,
-    pub rpo_target_secs: Option<f64>,
-    pub rpo_secs: Option<f64>,
-    pub rpo_ok: Option<bool>,
-    pub verified: Option<bool>,
-    pub ok: bool,
-    pub error: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DrillRow {
     pub scenario: String,
     pub kind: Option<String>,
@@ -299,7 +282,7 @@ pub struct DrillRow {
     pub region: Option<String>,
     pub ok: bool,
     pub simulated_clock: bool,
-    pub jobs: Vec<DrillJobRow>,
+    pub jobs: Vec<DrillJobRecord>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -392,7 +375,9 @@ pub struct VerificationRecord {
     pub error: Option<String>,
 }
 
-#[derive(Debug, Clone, Default, Deserialize)]
+/// A job's line of a drill record, read leniently (older records may lack fields) and
+/// reported as is, with the RTO target and verdict filled in from the policy when missing.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
 pub struct DrillJobRecord {
     pub job: String,
@@ -592,20 +577,10 @@ pub fn build(ctx: &Context, policy: &Policy, inputs: &Inputs) -> std::result::Re
                                 .and_then(|p| parse_secs(p.rto.as_deref()))
                                 .map(|s| s as f64)
                         });
-                        DrillJobRow {
-                            job: j.job.clone(),
-                            tier: j.tier.clone(),
-                            snapshot: j.snapshot.clone(),
-                            recoverable_point: j.recoverable_point,
+                        DrillJobRecord {
                             rto_target_secs: target,
-                            rto_secs: j.rto_secs,
                             rto_ok: j.rto_ok.or_else(|| Some(j.rto_secs? <= target?)),
-                            rpo_target_secs: j.rpo_target_secs,
-                            rpo_secs: j.rpo_secs,
-                            rpo_ok: j.rpo_ok,
-                            verified: j.verified,
-                            ok: j.ok,
-                            error: j.error.clone(),
+                            ..j.clone()
                         }
                     })
                     .collect(),

@@ -30,6 +30,7 @@ use tracing::{debug, info, info_span, warn};
 use crate::error::{Error, Result};
 use crate::pipeline::{BackupSession, restore_stream};
 use crate::repo::{Index, Keys, Manifest, Repository};
+use crate::scratch::free_port;
 
 /// The one stream of an etcd snapshot.
 pub const STREAM: &str = "snapshot.db";
@@ -437,13 +438,6 @@ pub struct DataDirCheck {
     pub keys: i64,
     pub revision: i64,
     pub version: String,
-}
-
-fn free_port() -> Result<u16> {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| Error::Other(format!("no free port: {e}")))
 }
 
 /// A running throwaway etcd; killed on drop.

@@ -663,7 +663,7 @@ pub async fn restore_physical(
         .iter()
         .find(|s| s.name == "base.tar")
         .ok_or_else(|| Error::Other(format!("snapshot {} is not a physical PostgreSQL backup", m.short_id())))?;
-    if o.start && unsafe_is_root() {
+    if o.start && crate::scratch::is_root() {
         return Err(Error::Other("PostgreSQL cannot run as root: run `lifeboat restore … --start` as the postgres user (e.g. runuser -u postgres --)".into()));
     }
     if dir.exists() && std::fs::read_dir(dir).map(|mut d| d.next().is_some()).unwrap_or(true) {
@@ -763,14 +763,6 @@ pub async fn restore_physical(
         result["port"] = serde_json::json!(o.port);
     }
     Ok(result)
-}
-
-fn unsafe_is_root() -> bool {
-    // SAFETY-free: read our uid from /proc rather than calling libc.
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
-        .unwrap_or(false)
 }
 
 /// Start a restored cluster and wait until recovery is over (promoted).

@@ -105,6 +105,18 @@ fn valid_bucket(b: &str) -> bool {
         && b.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '.' || c == '-')
 }
 
+impl RepoUrl {
+    /// The URL as a child process started in another directory must see it:
+    /// PostgreSQL runs `restore_command` from inside the data directory, where a
+    /// relative local repository path would point nowhere.
+    pub fn absolute(&self) -> std::io::Result<String> {
+        match self {
+            RepoUrl::Local(p) => Ok(std::fs::canonicalize(p)?.display().to_string()),
+            other => Ok(other.to_string()),
+        }
+    }
+}
+
 impl fmt::Display for RepoUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
