@@ -535,7 +535,24 @@ struct RenderArgs {
 /// A command whose issue has not landed yet: exit 2, say so.
 struct NotYet(&'static str);
 
+/// glibc gives every thread that allocates its own arena and keeps freed
+/// multi-MiB pack buffers there: a 1 GiB restore peaked at ~280 MiB RSS for
+/// ~150 MiB of live buffers. One arena keeps RSS near the live data at the
+/// same speed (docs/PERFORMANCE.md, "Memory"). MALLOC_ARENA_MAX, when set,
+/// still wins.
+fn limit_malloc_arenas() {
+    if std::env::var_os("MALLOC_ARENA_MAX").is_some() {
+        return;
+    }
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    unsafe {
+        libc::mallopt(libc::M_ARENA_MAX, 1);
+    }
+}
+
 fn main() -> ExitCode {
+    limit_malloc_arenas();
     let cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {

@@ -33,15 +33,32 @@ pub fn decode_pack_blob(
     id: &ChunkId,
     key: &DedupKey,
 ) -> Result<Vec<u8>, String> {
+    let mut raw = vec![0u8; raw_length as usize];
+    let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?;
+    decode_pack_blob_into(&mut dctx, pack, offset, length, id, key, &mut raw)?;
+    Ok(raw)
+}
+
+/// Like [`decode_pack_blob`], but into `out` (exactly the blob's raw length)
+/// with a reusable decompression context: restore decodes gigabytes, and a
+/// fresh buffer and context per chunk cost page faults and setup each time.
+pub fn decode_pack_blob_into(
+    dctx: &mut zstd::bulk::Decompressor<'static>,
+    pack: &[u8],
+    offset: u32,
+    length: u32,
+    id: &ChunkId,
+    key: &DedupKey,
+    out: &mut [u8],
+) -> Result<(), String> {
     let start = offset as usize;
     let end = start + length as usize;
     if end > pack.len() {
         return Err(format!("blob {id:?} at {start}..{end} lies outside the pack ({} bytes)", pack.len()));
     }
-    let raw = zstd::bulk::decompress(&pack[start..end], raw_length as usize)
-        .map_err(|e| format!("blob {id:?} does not decompress: {e}"))?;
-    if raw.len() != raw_length as usize || key.chunk_id(&raw) != *id {
+    let n = dctx.decompress_to_buffer(&pack[start..end], out).map_err(|e| format!("blob {id:?} does not decompress: {e}"))?;
+    if n != out.len() || key.chunk_id(out) != *id {
         return Err(format!("blob {id:?} content does not match its id"));
     }
-    Ok(raw)
+    Ok(())
 }
