@@ -283,7 +283,7 @@ fn run_stream<R: Read + Send + 'static>(
     st: &mut PackerState,
 ) -> Result<(u64, Vec<ChunkId>)> {
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
-    let (raw_tx, raw_rx) = sync_channel::<(u64, Vec<u8>)>(workers * 2);
+    let (raw_tx, raw_rx) = sync_channel::<(u64, Bytes)>(workers * 2);
     let (hashed_tx, hashed_rx) = sync_channel::<Hashed>(workers * 2);
     let (err_tx, err_rx) = sync_channel::<std::io::Error>(1);
 
@@ -337,7 +337,7 @@ fn run_stream<R: Read + Send + 'static>(
 }
 
 fn hash_worker(
-    rx: Arc<Mutex<Receiver<(u64, Vec<u8>)>>>,
+    rx: Arc<Mutex<Receiver<(u64, Bytes)>>>,
     tx: SyncSender<Hashed>,
     key: crypto::DedupKey,
     known: Arc<Index>,

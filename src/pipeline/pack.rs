@@ -56,7 +56,9 @@ pub fn decode_pack_blob_into(
     if end > pack.len() {
         return Err(format!("blob {id:?} at {start}..{end} lies outside the pack ({} bytes)", pack.len()));
     }
-    let n = dctx.decompress_to_buffer(&pack[start..end], out).map_err(|e| format!("blob {id:?} does not decompress: {e}"))?;
+    let n = dctx
+        .decompress_to_buffer(&pack[start..end], out)
+        .map_err(|e| format!("blob {id:?} does not decompress: {e}"))?;
     if n != out.len() || key.chunk_id(out) != *id {
         return Err(format!("blob {id:?} content does not match its id"));
     }

@@ -69,7 +69,8 @@ impl PackCache {
         let keys = self.keys.clone();
         // The chunk hashes checked on decode already vouch for every byte a
         // restore writes, so the pack-name hash is left to `check`.
-        let task = tokio::spawn(async move { load_pack(&repo, &keys, pack, false).await.map(Arc::new).map_err(Arc::new) });
+        let task =
+            tokio::spawn(async move { load_pack(&repo, &keys, pack, false).await.map(Arc::new).map_err(Arc::new) });
         let f = async move { task.await.unwrap_or_else(|e| Err(Arc::new(Error::Other(format!("pack fetch failed: {e}"))))) }
             .boxed()
             .shared();
@@ -173,7 +174,8 @@ fn decode_run(run: &Run, pack: &[u8], dedup: &crate::crypto::DedupKey, buf: &mut
         let mut pos = 0usize;
         for (id, loc) in &run.blobs {
             let end = pos + loc.raw_length as usize;
-            decode_pack_blob_into(dctx, pack, loc.offset, loc.length, id, dedup, &mut buf[pos..end]).map_err(corrupt)?;
+            decode_pack_blob_into(dctx, pack, loc.offset, loc.length, id, dedup, &mut buf[pos..end])
+                .map_err(corrupt)?;
             pos = end;
         }
         Ok(())
