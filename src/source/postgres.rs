@@ -410,10 +410,6 @@ pub async fn backup_logical(
         let row = client.query_one("select pg_export_snapshot(), now()", &[]).await.map_err(sql_err)?;
         let snap: String = row.get(0);
         let snapshot_time: chrono::DateTime<chrono::Utc> = row.get(1);
-        let tables = fingerprint(&client, mode, &opts.exclude_tables).await?;
-        let size: i64 =
-            client.query_one("select pg_database_size(current_database())", &[]).await.map_err(sql_err)?.get(0);
-
         let mut cmd = tools.command("pg_dump");
         // Custom format, uncompressed: lifeboat compresses after chunking,
         // and compressed input would defeat deduplication.
@@ -424,7 +420,19 @@ pub async fn backup_logical(
         cmd.args(&opts.pg_dump_options);
         let env = target.tool_env(Some(db))?;
         env.apply(&mut cmd);
-        stream_process(session, &format!("db/{db}"), cmd, job).await?;
+        // The fingerprint's counts run in the exporting transaction, beside
+        // pg_dump rather than before it: same snapshot, and the count(*)
+        // scans no longer add to the backup's wall time.
+        let counts = async {
+            let tables = fingerprint(&client, mode, &opts.exclude_tables).await?;
+            let size: i64 =
+                client.query_one("select pg_database_size(current_database())", &[]).await.map_err(sql_err)?.get(0);
+            Ok::<_, Error>((tables, size))
+        };
+        let stream_name = format!("db/{db}");
+        let (dumped, counted) = tokio::join!(stream_process(session, &stream_name, cmd, job), counts);
+        dumped?;
+        let (tables, size) = counted?;
         // The exporting transaction must stay open until pg_dump is done.
         client.batch_execute("commit").await.map_err(sql_err)?;
         info!(db = %db, tables = tables.len(), "database dumped");
