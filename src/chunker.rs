@@ -42,26 +42,31 @@ impl ChunkerParams {
     }
 }
 
-/// How much is read from the source at a time.
-const READ_SIZE: usize = 8 * 1024 * 1024;
+/// How much is read from the source at a time, and the size of the blocks
+/// chunks are cut from.
+const READ_SIZE: usize = 1024 * 1024;
+const BLOCK_SIZE: usize = 8 * 1024 * 1024;
 
 /// Iterate over the chunks of a reader; memory is bounded by `max_size`
-/// plus one read.
+/// plus one block.
 ///
 /// Cut points are exactly those of `fastcdc::v2020::StreamCDC` (the same
 /// `cut` over the same `max_size` window), so repositories written before
 /// keep deduplicating. What differs is the buffering: StreamCDC copies every
 /// chunk out of its buffer, shifts the rest down and zero-fills the tail,
-/// about 5 % of a backup's CPU; here chunks are zero-copy views
-/// ([`Bytes::split_to`]) of large read buffers.
+/// about 5 % of a backup's CPU; here reads land in a reused scratch buffer,
+/// are appended to an 8 MiB block, and chunks are zero-copy views of it
+/// ([`Bytes`]). (Reading straight into the block would zero-fill its free
+/// space before every read, and a pipe returns 64 KiB per read.)
 pub fn chunks<R: Read>(reader: R, p: ChunkerParams) -> Chunks<R> {
-    Chunks { reader, p, buf: BytesMut::new(), eof: false }
+    Chunks { reader, p, buf: BytesMut::new(), scratch: vec![0; READ_SIZE], eof: false }
 }
 
 pub struct Chunks<R> {
     reader: R,
     p: ChunkerParams,
     buf: BytesMut,
+    scratch: Vec<u8>,
     eof: bool,
 }
 
@@ -70,21 +75,17 @@ impl<R: Read> Chunks<R> {
     fn fill(&mut self) -> std::io::Result<()> {
         let want = self.p.max_size as usize;
         while !self.eof && self.buf.len() < want {
-            let len = self.buf.len();
-            // A fresh block when this one is full; earlier chunks keep theirs alive.
-            self.buf.reserve(READ_SIZE.max(want));
-            self.buf.resize(len + READ_SIZE.min(self.buf.capacity() - len), 0);
-            match self.reader.read(&mut self.buf[len..]) {
-                Ok(0) => {
-                    self.buf.truncate(len);
-                    self.eof = true;
+            match self.reader.read(&mut self.scratch) {
+                Ok(0) => self.eof = true,
+                Ok(n) => {
+                    // A fresh block when this one is full; earlier chunks keep theirs alive.
+                    if self.buf.capacity() - self.buf.len() < n {
+                        self.buf.reserve(BLOCK_SIZE.max(want + READ_SIZE));
+                    }
+                    self.buf.extend_from_slice(&self.scratch[..n]);
                 }
-                Ok(n) => self.buf.truncate(len + n),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => self.buf.truncate(len),
-                Err(e) => {
-                    self.buf.truncate(len);
-                    return Err(e);
-                }
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
             }
         }
         Ok(())
