@@ -41,6 +41,7 @@ pub async fn stream_process(
         detail: format!("cannot start {program}: {e}"),
     })?;
     let stdout = child.stdout.take().ok_or_else(|| Error::Other("no stdout pipe".into()))?;
+    widen_pipe(&stdout);
     let stderr = capture(child.stderr.take());
     let result = session.add_stream(stream, stdout).await.map(|s| s.size);
     let status = wait(child, result.is_err()).await?;
@@ -52,6 +53,18 @@ pub async fn stream_process(
         });
     }
     Ok((result?, err_text))
+}
+
+/// Give a data pipe to or from a child 1 MiB of buffer instead of Linux's
+/// 64 KiB: gigabytes go through it, and each time a small pipe fills, the
+/// writer sleeps until the reader drains it (tar reads 10 KiB at a time).
+/// Best effort: an unprivileged process may be capped lower, which is fine.
+pub fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    #[cfg(target_os = "linux")]
+    // SAFETY: F_SETPIPE_SZ on a descriptor we own; failure only leaves the default size.
+    unsafe {
+        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, 1 << 20);
+    }
 }
 
 /// Collect a child's stderr on a thread (bounded to the last 64 KiB).
@@ -85,8 +98,12 @@ pub fn tail(text: &str) -> String {
 
 /// Restore into the stdin of `sh -c CMD`; fails if the command fails.
 pub fn spawn_restore_command(command: &str) -> Result<Child> {
-    spawn(command, Stdio::piped(), Stdio::inherit())
-        .map_err(|e| Error::Other(format!("cannot start restore command: {e}")))
+    let child = spawn(command, Stdio::piped(), Stdio::inherit())
+        .map_err(|e| Error::Other(format!("cannot start restore command: {e}")))?;
+    if let Some(stdin) = &child.stdin {
+        widen_pipe(stdin);
+    }
+    Ok(child)
 }
 
 pub async fn finish_restore_command(child: Child) -> Result<()> {

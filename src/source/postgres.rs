@@ -551,6 +551,7 @@ pub async fn restore_logical(
         env.apply(&mut cmd);
         let mut child = cmd.spawn().map_err(|e| Error::Other(format!("cannot run pg_restore: {e}")))?;
         let stdin = child.stdin.take().ok_or_else(|| Error::Other("no stdin pipe".into()))?;
+        crate::source::widen_pipe(&stdin);
         let stderr = capture(child.stderr.take());
         let r = restore_stream(repo, keys, index, &m.id, stream, stdin).await;
         let status = wait(child, false).await?;
@@ -717,6 +718,7 @@ pub async fn restore_physical(
     tar.args(["-x", "-C"]).arg(dir).stdin(Stdio::piped()).stderr(Stdio::piped());
     let mut child = tar.spawn().map_err(|e| Error::Other(format!("cannot run tar: {e}")))?;
     let stdin = child.stdin.take().ok_or_else(|| Error::Other("no stdin pipe".into()))?;
+    crate::source::widen_pipe(&stdin);
     let err = capture(child.stderr.take());
     let r = restore_stream(repo, keys, index, &m.id, stream, stdin).await;
     let status = wait(child, false).await?;
@@ -812,7 +814,8 @@ pub async fn start_and_wait(tools: &Tools, dir: &Path, port: u16, wait_secs: u64
         if std::time::Instant::now() > deadline {
             return Err(Error::Other(format!("recovery did not finish within {wait_secs}s{}", log_tail())));
         }
-        tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+        // Recovery ends at an unknown moment and the wait is the RTO: poll often.
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
 }
 
