@@ -886,15 +886,9 @@ async fn backup_job_inner(
     })
 }
 
+/// Byte counts for people: the report's formatter, so the CLI and the report agree.
 fn human(n: u64) -> String {
-    const U: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut i = 0;
-    while v >= 1024.0 && i < U.len() - 1 {
-        v /= 1024.0;
-        i += 1;
-    }
-    if i == 0 { format!("{n} B") } else { format!("{v:.1} {}", U[i]) }
+    lifeboat::report::fmt_bytes(n)
 }
 
 async fn snapshots(a: SnapshotsArgs, json: bool) -> Result<ExitCode> {
