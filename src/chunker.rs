@@ -4,6 +4,15 @@
 //! dump only changes the chunks around the insertion. The size parameters
 //! live in the repository config so that every writer cuts the same way;
 //! docs/FORMAT.md records the measurement behind the defaults.
+//!
+//! A stream may also declare a [`Layout`]: a PostgreSQL base backup is a tar
+//! of 8 KiB pages, and a second backup after updates spread over a table
+//! changes a fraction of the pages in *every* megabyte, so no content-defined
+//! chunk survives. With [`Layout::TarPages`] the data of relation files is
+//! cut at page boundaries instead (one chunk per page), and everything else
+//! in the tar (headers, WAL, config files) is cut by content as usual.
+//! Restore is unchanged: a stream is the concatenation of its chunks,
+//! whatever decided where they were cut.
 
 use std::io::Read;
 
@@ -59,7 +68,32 @@ const BLOCK_SIZE: usize = 8 * 1024 * 1024;
 /// ([`Bytes`]). (Reading straight into the block would zero-fill its free
 /// space before every read, and a pipe returns 64 KiB per read.)
 pub fn chunks<R: Read>(reader: R, p: ChunkerParams) -> Chunks<R> {
-    Chunks { reader, p, buf: BytesMut::new(), scratch: vec![0; READ_SIZE], eof: false }
+    chunks_with_layout(reader, p, Layout::Cdc)
+}
+
+/// What a stream is, as far as choosing cut points goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Layout {
+    /// Any byte stream: content-defined cut points only.
+    #[default]
+    Cdc,
+    /// A tar archive whose relation data files (PostgreSQL's `base/`,
+    /// `global/` and tablespace files) are cut into `page`-sized chunks.
+    TarPages { page: u32 },
+}
+
+impl Layout {
+    /// PostgreSQL's default block size.
+    pub const POSTGRES_PAGES: Layout = Layout::TarPages { page: 8192 };
+}
+
+/// [`chunks`] with a declared stream layout.
+pub fn chunks_with_layout<R: Read>(reader: R, p: ChunkerParams, layout: Layout) -> Chunks<R> {
+    let tar = match layout {
+        Layout::Cdc => None,
+        Layout::TarPages { page } => Some(TarCursor { page: page.max(512) as u64, ..TarCursor::default() }),
+    };
+    Chunks { reader, p, buf: BytesMut::new(), scratch: vec![0; READ_SIZE], eof: false, tar }
 }
 
 pub struct Chunks<R> {
@@ -68,6 +102,157 @@ pub struct Chunks<R> {
     buf: BytesMut,
     scratch: Vec<u8>,
     eof: bool,
+    tar: Option<TarCursor>,
+}
+
+/// Where a tar-aware cutter is in the archive. Offsets are absolute stream
+/// offsets, so a content-defined cut can end anywhere without losing track.
+#[derive(Debug, Default)]
+struct TarCursor {
+    page: u64,
+    /// Stream offset of the first buffered byte.
+    pos: u64,
+    /// Stream offset of the next tar header not yet parsed.
+    next_header: u64,
+    /// Relation data being cut into pages: `[start, end)`.
+    pages: Option<(u64, u64)>,
+    /// End of archive or a header we cannot read: the rest is plain CDC.
+    done: bool,
+}
+
+impl TarCursor {
+    /// Length of the next chunk of `window` (the buffered bytes, at least
+    /// `max_size` of them unless the stream has ended).
+    fn cut(&mut self, window: &[u8], p: ChunkerParams, eof: bool) -> usize {
+        let mut limit = window.len();
+        if let Some((start, end)) = self.pages {
+            if self.pos >= start {
+                // Pages are cut relative to the start of the file's data.
+                let into = (self.pos - start) % self.page;
+                let len = (self.page - into).min(end - self.pos) as usize;
+                if self.pos + len as u64 >= end {
+                    self.pages = None;
+                }
+                return len.min(window.len());
+            }
+            limit = limit.min((start - self.pos) as usize);
+        }
+        // Bytes before the next relation data: find where it starts.
+        while !self.done && self.pages.is_none() {
+            let Some(at) = self.next_header.checked_sub(self.pos).map(|o| o as usize) else {
+                // The header was cut into an earlier chunk: cannot happen, but
+                // never guess about someone else's bytes.
+                self.done = true;
+                break;
+            };
+            if at >= window.len() {
+                break;
+            }
+            if at + 512 > window.len() {
+                if eof {
+                    self.done = true;
+                } else {
+                    // Do not cut through a header we have not read yet.
+                    limit = at.max(1);
+                }
+                break;
+            }
+            match parse_header(&window[at..at + 512]) {
+                Header::End | Header::Unknown => self.done = true,
+                Header::Entry { size, relation } => {
+                    let data = self.next_header + 512;
+                    self.next_header = data + size.div_ceil(512) * 512;
+                    if relation && size > 0 && size % self.page == 0 {
+                        self.pages = Some((data, data + size));
+                        limit = at + 512;
+                    }
+                }
+            }
+        }
+        if limit < p.min_size as usize {
+            return limit;
+        }
+        let cdc = fastcdc::v2020::FastCDC::new(&window[..limit], p.min_size, p.avg_size, p.max_size);
+        cdc.cut(0, limit).1.max(1)
+    }
+}
+
+enum Header {
+    End,
+    Unknown,
+    Entry { size: u64, relation: bool },
+}
+
+/// Read a ustar/GNU header block: its data size, and whether it is a
+/// PostgreSQL relation data file (a regular file whose data is pages).
+fn parse_header(h: &[u8]) -> Header {
+    if h.iter().all(|&b| b == 0) {
+        return Header::End;
+    }
+    // The checksum proves this is a header and not data we lost track of.
+    let sum: u64 = h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u64 }).sum();
+    if parse_octal(&h[148..156]) != Some(sum) {
+        return Header::Unknown;
+    }
+    let size = if h[124] & 0x80 != 0 {
+        // GNU base-256 for sizes of 8 GiB and more.
+        h[125..136].iter().fold(0u64, |a, &b| a.wrapping_shl(8) | b as u64)
+    } else {
+        match parse_octal(&h[124..136]) {
+            Some(s) => s,
+            None => return Header::Unknown,
+        }
+    };
+    let regular = matches!(h[156], b'0' | 0);
+    let name = cstr(&h[0..100]);
+    let prefix = if &h[257..262] == b"ustar" { cstr(&h[345..500]) } else { "" };
+    let relation = regular && is_relation_path(prefix, name);
+    Header::Entry { size, relation }
+}
+
+fn cstr(b: &[u8]) -> &str {
+    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
+    std::str::from_utf8(&b[..end]).unwrap_or("")
+}
+
+fn parse_octal(b: &[u8]) -> Option<u64> {
+    let s = cstr(b).trim_matches(|c: char| c == ' ' || c == '\0');
+    if s.is_empty() {
+        return None;
+    }
+    u64::from_str_radix(s, 8).ok()
+}
+
+/// `base/DB/REL`, `global/REL` or `pg_tblspc/OID/PG_*/DB/REL`, where REL is
+/// a relfilenode with an optional fork (`_fsm`, `_vm`, `_init`) and segment
+/// (`.N`): the files PostgreSQL stores as pages.
+fn is_relation_path(prefix: &str, name: &str) -> bool {
+    let full;
+    let path = if prefix.is_empty() {
+        name
+    } else {
+        full = format!("{prefix}/{name}");
+        &full
+    };
+    let path = path.trim_start_matches("./");
+    let parts: Vec<&str> = path.split('/').collect();
+    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
+    let dir_ok = match parts.as_slice() {
+        ["global", _] => true,
+        ["base", db, _] => digits(db),
+        ["pg_tblspc", oid, _, db, _] => digits(oid) && digits(db),
+        _ => false,
+    };
+    let Some(file) = parts.last() else { return false };
+    let (file, seg) = match file.split_once('.') {
+        Some((f, s)) => (f, Some(s)),
+        None => (*file, None),
+    };
+    let rel = match file.split_once('_') {
+        Some((r, fork)) => matches!(fork, "fsm" | "vm" | "init").then_some(r),
+        None => Some(file),
+    };
+    dir_ok && rel.is_some_and(digits) && seg.is_none_or(digits)
 }
 
 impl<R: Read> Chunks<R> {
@@ -103,9 +288,18 @@ impl<R: Read> Iterator for Chunks<R> {
             return None;
         }
         let window = &self.buf[..self.buf.len().min(self.p.max_size as usize)];
-        let cdc = fastcdc::v2020::FastCDC::new(window, self.p.min_size, self.p.avg_size, self.p.max_size);
-        let (_, end) = cdc.cut(0, window.len());
-        Some(Ok(self.buf.split_to(end.max(1)).freeze()))
+        let end = match &mut self.tar {
+            None => {
+                let cdc = fastcdc::v2020::FastCDC::new(window, self.p.min_size, self.p.avg_size, self.p.max_size);
+                cdc.cut(0, window.len()).1.max(1)
+            }
+            Some(t) => {
+                let end = t.cut(window, self.p, self.eof);
+                t.pos += end as u64;
+                end
+            }
+        };
+        Some(Ok(self.buf.split_to(end).freeze()))
     }
 }
 
@@ -170,5 +364,118 @@ mod tests {
         assert_eq!(chunks(&b""[..], ChunkerParams::default()).count(), 0);
         let one: Vec<Bytes> = chunks(&b"x"[..], ChunkerParams::default()).map(|c| c.unwrap()).collect();
         assert_eq!(one, vec![Bytes::from_static(b"x")]);
+    }
+
+    /// One ustar entry (header with a valid checksum, data, padding).
+    fn tar_entry(name: &str, data: &[u8]) -> Vec<u8> {
+        let mut h = [0u8; 512];
+        h[..name.len()].copy_from_slice(name.as_bytes());
+        h[100..108].copy_from_slice(b"0000600\0");
+        h[124..136].copy_from_slice(format!("{:011o}\0", data.len()).as_bytes());
+        h[156] = b'0';
+        h[257..263].copy_from_slice(b"ustar\0");
+        h[148..156].copy_from_slice(b"        ");
+        let sum: u32 = h.iter().map(|&b| b as u32).sum();
+        h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+        let mut e = h.to_vec();
+        e.extend_from_slice(data);
+        e.resize(e.len().div_ceil(512) * 512, 0);
+        e
+    }
+
+    fn noise(seed: u64, n: usize) -> Vec<u8> {
+        let mut x = seed;
+        (0..n)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 33) as u8
+            })
+            .collect()
+    }
+
+    /// A small "base backup": config, a relation with its fsm fork, WAL.
+    fn cluster(rel: &[u8]) -> (Vec<u8>, u64) {
+        let mut t = tar_entry("PG_VERSION", b"15\n");
+        t.extend(tar_entry("postgresql.auto.conf", &noise(1, 700)));
+        let rel_data = t.len() as u64 + 512;
+        t.extend(tar_entry("base/16384/16393", rel));
+        t.extend(tar_entry("base/16384/16393_fsm", &noise(2, 3 * 8192)));
+        t.extend(tar_entry("base/16384/pg_internal.init", &noise(3, 10_000)));
+        t.extend(tar_entry("pg_wal/000000010000000000000003", &noise(4, 3 << 20)));
+        t.extend([0u8; 1024]);
+        (t, rel_data)
+    }
+
+    #[test]
+    fn tar_pages_cut_relation_data_at_page_boundaries() {
+        let p = ChunkerParams { min_size: 16 * 1024, avg_size: 64 * 1024, max_size: 256 * 1024 };
+        let rel = noise(9, 200 * 8192);
+        let (tar, start) = cluster(&rel);
+        for step in [usize::MAX, 65_536, 5_000, 511] {
+            let got: Vec<Bytes> =
+                chunks_with_layout(Dribble(&tar, step), p, Layout::POSTGRES_PAGES).collect::<Result<_, _>>().unwrap();
+            assert_eq!(got.concat(), tar, "read size {step}");
+            let mut at = 0u64;
+            let mut cuts = std::collections::BTreeSet::new();
+            for c in &got {
+                at += c.len() as u64;
+                cuts.insert(at);
+            }
+            for page in 0..=200u64 {
+                assert!(cuts.contains(&(start + page * 8192)), "no cut at page {page} (read size {step})");
+            }
+            let pages = got.iter().filter(|c| c.len() == 8192).count();
+            assert!(pages >= 203, "{pages} page chunks: the fsm fork is pages too");
+            assert!(got.iter().all(|c| c.len() <= p.max_size as usize));
+        }
+        // The same bytes without a layout are cut by content alone.
+        let plain: Vec<Bytes> = chunks(&tar[..], p).collect::<Result<_, _>>().unwrap();
+        assert!(plain.iter().filter(|c| c.len() == 8192).count() < 3);
+    }
+
+    #[test]
+    fn tar_pages_keep_unchanged_pages_after_spread_updates() {
+        let p = ChunkerParams::default();
+        let rel = noise(5, 512 * 8192);
+        let mut changed = rel.clone();
+        for page in (0..512).step_by(10) {
+            changed[page * 8192 + 100] ^= 0xff; // one tuple in every 10th page
+        }
+        let (a, ..) = cluster(&rel);
+        let (b, ..) = cluster(&changed);
+        let new_bytes = |layout| {
+            let old: std::collections::HashSet<Bytes> =
+                chunks_with_layout(&a[..], p, layout).collect::<Result<_, _>>().unwrap();
+            let new: Vec<Bytes> = chunks_with_layout(&b[..], p, layout).collect::<Result<_, _>>().unwrap();
+            assert_eq!(new.concat(), b);
+            new.iter().filter(|c| !old.contains(*c)).map(|c| c.len()).sum::<usize>()
+        };
+        let paged = new_bytes(Layout::POSTGRES_PAGES);
+        assert!(paged <= 52 * 8192 + 4096, "{paged} new bytes: only the 52 changed pages should be new");
+        let cdc = new_bytes(Layout::Cdc);
+        assert!(cdc >= 500 * 8192, "{cdc} new bytes with content-defined chunks");
+    }
+
+    #[test]
+    fn tar_pages_degrade_to_cdc_on_anything_else() {
+        let p = ChunkerParams { min_size: 16 * 1024, avg_size: 64 * 1024, max_size: 256 * 1024 };
+        // Not a tar at all, a tar cut short inside a header, and one with a bad checksum.
+        let (tar, start) = cluster(&noise(6, 16 * 8192));
+        let short = tar[..start as usize - 200].to_vec();
+        let mut bad = tar_entry("base/1/1", &noise(7, 4 * 8192));
+        bad[148] = b'9';
+        for input in [noise(8, 1 << 20), short, bad] {
+            let got: Vec<Bytes> =
+                chunks_with_layout(&input[..], p, Layout::POSTGRES_PAGES).collect::<Result<_, _>>().unwrap();
+            assert_eq!(got.concat(), input);
+        }
+        assert!(is_relation_path("", "base/1/2619"));
+        assert!(is_relation_path("", "global/1262_vm"));
+        assert!(is_relation_path("", "./base/16384/16393.12"));
+        assert!(is_relation_path("pg_tblspc/16500/PG_15_202209061", "16384/16401_fsm"));
+        assert!(!is_relation_path("", "base/16384/pg_internal.init"));
+        assert!(!is_relation_path("", "base/16384/16393_foo"));
+        assert!(!is_relation_path("", "pg_wal/000000010000000000000003"));
+        assert!(!is_relation_path("", "base/pgsql_tmp/pgsql_tmp123.0"));
     }
 }

@@ -171,6 +171,10 @@ pub struct JobSpec {
     pub row_counts: Option<crate::source::postgres::RowCounts>,
     #[serde(default)]
     pub pg_bin: Option<PathBuf>,
+    /// Physical mode: cut data files into pages so later base backups store
+    /// only changed pages (default true).
+    #[serde(default)]
+    pub chunk_pages: Option<bool>,
     /// Continuous WAL archiving (`archive_command = 'lifeboat wal push …'`) is set up for this job.
     #[serde(default)]
     pub wal_archiving: bool,
@@ -223,6 +227,7 @@ impl JobSpec {
             pg_dump_options: self.pg_dump_options.clone(),
             row_counts: self.row_counts,
             pg_bin: self.pg_bin.clone(),
+            chunk_pages: self.chunk_pages,
         }
     }
 

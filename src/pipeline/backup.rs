@@ -125,6 +125,18 @@ impl BackupSession {
 
     /// Read `reader` to its end as one named stream of the snapshot.
     pub async fn add_stream<R: Read + Send + 'static>(&mut self, name: &str, reader: R) -> Result<&StreamManifest> {
+        self.add_stream_with_layout(name, reader, chunker::Layout::Cdc).await
+    }
+
+    /// [`add_stream`](Self::add_stream) for a stream whose layout lets the
+    /// chunker cut where later backups will find the same bytes again (a
+    /// base backup's pages); restore does not need to know.
+    pub async fn add_stream_with_layout<R: Read + Send + 'static>(
+        &mut self,
+        name: &str,
+        reader: R,
+        layout: chunker::Layout,
+    ) -> Result<&StreamManifest> {
         let span = tracing::info_span!("stream", name);
         // The blocking part needs the session's packer state; move it in and back out.
         let mut state = PackerState {
@@ -143,7 +155,7 @@ impl BackupSession {
         let dedup = self.keys.dedup.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _e = span.enter();
-            let r = run_stream(reader, params, level, dedup, &mut state);
+            let r = run_stream(reader, params, layout, level, dedup, &mut state);
             (state, r)
         })
         .await
@@ -278,6 +290,7 @@ struct PackerState {
 fn run_stream<R: Read + Send + 'static>(
     reader: R,
     params: chunker::ChunkerParams,
+    layout: chunker::Layout,
     level: i32,
     dedup: crypto::DedupKey,
     st: &mut PackerState,
@@ -290,7 +303,7 @@ fn run_stream<R: Read + Send + 'static>(
     let chunker = std::thread::Builder::new()
         .name("lifeboat-chunker".into())
         .spawn(move || {
-            for (seq, c) in chunker::chunks(reader, params).enumerate() {
+            for (seq, c) in chunker::chunks_with_layout(reader, params, layout).enumerate() {
                 match c {
                     Ok(data) => {
                         if raw_tx.send((seq as u64, data)).is_err() {

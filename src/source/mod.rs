@@ -13,6 +13,7 @@ pub mod wal;
 use std::io::Read;
 use std::process::{Child, Command, Stdio};
 
+use crate::chunker::Layout;
 use crate::error::{Error, Result};
 use crate::pipeline::BackupSession;
 
@@ -21,7 +22,7 @@ use crate::pipeline::BackupSession;
 pub async fn backup_command(session: &mut BackupSession, job: &str, command: &str) -> Result<serde_json::Value> {
     let mut cmd = Command::new("sh");
     cmd.arg("-c").arg(command);
-    let (size, _stderr) = stream_process(session, "stdout", cmd, job).await?;
+    let (size, _stderr) = stream_process(session, "stdout", cmd, job, Layout::Cdc).await?;
     Ok(serde_json::json!({ "command_exit": 0, "bytes": size }))
 }
 
@@ -33,6 +34,7 @@ pub async fn stream_process(
     stream: &str,
     mut cmd: Command,
     source_name: &str,
+    layout: Layout,
 ) -> Result<(u64, String)> {
     cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     let program = cmd.get_program().to_string_lossy().to_string();
@@ -43,7 +45,7 @@ pub async fn stream_process(
     let stdout = child.stdout.take().ok_or_else(|| Error::Other("no stdout pipe".into()))?;
     widen_pipe(&stdout);
     let stderr = capture(child.stderr.take());
-    let result = session.add_stream(stream, stdout).await.map(|s| s.size);
+    let result = session.add_stream_with_layout(stream, stdout, layout).await.map(|s| s.size);
     let status = wait(child, result.is_err()).await?;
     let err_text = stderr.join().unwrap_or_default();
     if !status.success() {

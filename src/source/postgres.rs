@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::config::{Host, SslMode};
 use tracing::{info, warn};
 
+use crate::chunker::Layout;
 use crate::error::{Error, Result};
 use crate::pipeline::{BackupSession, restore_stream};
 use crate::repo::{Index, Keys, Manifest, Repository};
@@ -34,6 +35,12 @@ pub struct PgOptions {
     /// Fingerprint row counts: `exact` (default), `estimated` or `off`.
     #[serde(default)]
     pub row_counts: Option<RowCounts>,
+    /// Physical mode: cut relation data files into pages (PostgreSQL's block
+    /// size) so that a second base backup stores only the changed pages.
+    /// Default true; `false` cuts by content only (a full backup stores less,
+    /// later ones more: see docs/PERFORMANCE.md).
+    #[serde(default)]
+    pub chunk_pages: Option<bool>,
     /// Directory holding pg_dump/pg_restore/pg_basebackup (default: the
     /// server's major version under /usr/lib/postgresql, then PATH).
     #[serde(default)]
@@ -398,7 +405,7 @@ pub async fn backup_logical(
     let mut cmd = tools.command("pg_dumpall");
     cmd.arg("--globals-only");
     env.apply(&mut cmd);
-    let globals = match stream_process(session, "globals.sql", cmd, job).await {
+    let globals = match stream_process(session, "globals.sql", cmd, job, Layout::Cdc).await {
         Ok(_) => true,
         Err(e) => return Err(e),
     };
@@ -430,7 +437,7 @@ pub async fn backup_logical(
             Ok::<_, Error>((tables, size))
         };
         let stream_name = format!("db/{db}");
-        let (dumped, counted) = tokio::join!(stream_process(session, &stream_name, cmd, job), counts);
+        let (dumped, counted) = tokio::join!(stream_process(session, &stream_name, cmd, job, Layout::Cdc), counts);
         dumped?;
         let (tables, size) = counted?;
         // The exporting transaction must stay open until pg_dump is done.
@@ -577,6 +584,9 @@ pub async fn current_fingerprint(conn: &str, db: &str, mode: RowCounts) -> Resul
     fingerprint(&c, mode, &[]).await
 }
 
+/// Physical backups cut data files into pages unless the policy says not to.
+pub const DEFAULT_CHUNK_PAGES: bool = true;
+
 /// Physical backup: `pg_basebackup` of the whole cluster as one tar stream
 /// (WAL needed for consistency included), with its LSNs and timeline.
 pub async fn backup_physical(
@@ -595,6 +605,9 @@ pub async fn backup_physical(
         .get(0);
     let archive_mode: String =
         admin.query_one("select current_setting('archive_mode')", &[]).await.map_err(sql_err)?.get(0);
+    let block_size: String =
+        admin.query_one("select current_setting('block_size')", &[]).await.map_err(sql_err)?.get(0);
+    let block_size: u32 = block_size.parse().unwrap_or(8192);
     drop(admin);
     let tools = Tools::find(opts.pg_bin.as_deref(), major);
     let tool_version = tools.check_version("pg_basebackup", major, &version)?;
@@ -603,7 +616,14 @@ pub async fn backup_physical(
     let started = crate::clock::now();
     let env = target.tool_env(None)?;
     env.apply(&mut cmd);
-    let (_, stderr) = stream_process(session, "base.tar", cmd, job).await?;
+    // Data files are cut into pages (unless the policy says not to): a
+    // second base backup then stores only the pages that changed.
+    let layout = if opts.chunk_pages.unwrap_or(DEFAULT_CHUNK_PAGES) {
+        Layout::TarPages { page: block_size }
+    } else {
+        Layout::Cdc
+    };
+    let (_, stderr) = stream_process(session, "base.tar", cmd, job, layout).await?;
     let find =
         |marker: &str| stderr.lines().find_map(|l| l.split_once(marker).map(|(_, rest)| rest.trim().to_string()));
     let start = find("write-ahead log start point:").unwrap_or_default();
