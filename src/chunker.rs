@@ -78,14 +78,33 @@ pub enum Layout {
     #[default]
     Cdc,
     /// A tar archive whose relation data files (PostgreSQL's `base/`,
-    /// `global/` and tablespace files) are cut into `page`-sized chunks.
+    /// `global/` and tablespace files) are cut into `page`-sized chunks,
+    /// counted from the start of each file (the last one may be shorter).
     TarPages { page: u32 },
 }
 
 impl Layout {
     /// PostgreSQL's default block size.
     pub const POSTGRES_PAGES: Layout = Layout::TarPages { page: 8192 };
+
+    /// Page-cut layout for a cluster of `cluster_bytes`: one chunk per
+    /// `block` while that keeps a base backup under [`MAX_PAGE_CHUNKS`]
+    /// chunks, else runs of 2, 4, 8… blocks. The size only changes when the
+    /// cluster doubles, so consecutive backups cut alike and deduplicate.
+    pub fn postgres_pages(block: u32, cluster_bytes: u64) -> Layout {
+        let mut page = block.max(512) as u64;
+        while cluster_bytes / page > MAX_PAGE_CHUNKS && page < 4 << 20 {
+            page *= 2;
+        }
+        Layout::TarPages { page: page as u32 }
+    }
 }
+
+/// Chunks per page-cut base backup: every chunk costs an id in the manifest
+/// and an entry in the index (held in memory by backups), so a 4 TB cluster
+/// must not become 500 million of them. 2^19 pages of 8 KiB is a 4 GiB
+/// cluster; above that pages are grouped.
+pub const MAX_PAGE_CHUNKS: u64 = 1 << 19;
 
 /// [`chunks`] with a declared stream layout.
 pub fn chunks_with_layout<R: Read>(reader: R, p: ChunkerParams, layout: Layout) -> Chunks<R> {
@@ -162,7 +181,7 @@ impl TarCursor {
                 Header::Entry { size, relation } => {
                     let data = self.next_header + 512;
                     self.next_header = data + size.div_ceil(512) * 512;
-                    if relation && size > 0 && size % self.page == 0 {
+                    if relation && size > 0 {
                         self.pages = Some((data, data + size));
                         limit = at + 512;
                     }
@@ -477,5 +496,19 @@ mod tests {
         assert!(!is_relation_path("", "base/16384/16393_foo"));
         assert!(!is_relation_path("", "pg_wal/000000010000000000000003"));
         assert!(!is_relation_path("", "base/pgsql_tmp/pgsql_tmp123.0"));
+    }
+
+    #[test]
+    fn page_runs_grow_with_the_cluster_only_past_the_chunk_budget() {
+        let pages = |bytes| match Layout::postgres_pages(8192, bytes) {
+            Layout::TarPages { page } => page,
+            Layout::Cdc => unreachable!(),
+        };
+        assert_eq!(pages(0), 8192);
+        assert_eq!(pages(2_000_000_000), 8192);
+        assert_eq!(pages(4 << 30), 8192);
+        assert_eq!(pages((4 << 30) + 8192), 16384);
+        assert_eq!(pages(100 << 30), 256 * 1024);
+        assert_eq!(pages(u64::MAX), 4 << 20);
     }
 }

@@ -656,7 +656,7 @@ fn physical_second_backup_stores_only_changed_pages() {
     assert!(table_bytes > 40 << 20, "{table_bytes}");
     let policy = write_policy(
         &f,
-        "[[job]]\nname = \"pages\"\nkind = \"postgres\"\nmode = \"physical\"\nurl = \"env:PAGES_URL\"\nwal_archiving = true\n",
+        "[[job]]\nname = \"pages\"\nkind = \"postgres\"\nmode = \"physical\"\nurl = \"env:PAGES_URL\"\nwal_archiving = true\nchunk_pages = true\n",
     );
     chown_postgres(f.dir.path());
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", primary.port);

@@ -37,7 +37,6 @@ struct SealedPack {
 
 /// One chunk after hashing (and compressing, if new).
 struct Hashed {
-    seq: u64,
     id: ChunkId,
     raw_len: u32,
     compressed: Option<Vec<u8>>,
@@ -296,17 +295,32 @@ fn run_stream<R: Read + Send + 'static>(
     st: &mut PackerState,
 ) -> Result<(u64, Vec<ChunkId>)> {
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
-    let (raw_tx, raw_rx) = sync_channel::<(u64, Bytes)>(workers * 2);
-    let (hashed_tx, hashed_rx) = sync_channel::<Hashed>(workers * 2);
+    // Chunks travel in numbered batches: a hand-off between threads costs a
+    // futex wake-up, which page-sized chunks (8 KiB) would pay 128 times
+    // per MiB (a fifth of the CPU, measured).
+    let (raw_tx, raw_rx) = sync_channel::<(u64, Vec<Bytes>)>(workers * 2);
+    let (hashed_tx, hashed_rx) = sync_channel::<(u64, Vec<Hashed>)>(workers * 2);
     let (err_tx, err_rx) = sync_channel::<std::io::Error>(1);
 
     let chunker = std::thread::Builder::new()
         .name("lifeboat-chunker".into())
         .spawn(move || {
-            for (seq, c) in chunker::chunks_with_layout(reader, params, layout).enumerate() {
+            let mut batch = Vec::new();
+            let mut batch_bytes = 0;
+            let mut seq = 0u64;
+            let mut send = |batch: &mut Vec<Bytes>, batch_bytes: &mut usize| {
+                *batch_bytes = 0;
+                seq += 1;
+                raw_tx.send((seq - 1, std::mem::take(batch))).is_ok()
+            };
+            for c in chunker::chunks_with_layout(reader, params, layout) {
                 match c {
                     Ok(data) => {
-                        if raw_tx.send((seq as u64, data)).is_err() {
+                        batch_bytes += data.len();
+                        batch.push(data);
+                        if (batch_bytes >= BATCH_BYTES || batch.len() >= BATCH_CHUNKS)
+                            && !send(&mut batch, &mut batch_bytes)
+                        {
                             return;
                         }
                     }
@@ -316,6 +330,9 @@ fn run_stream<R: Read + Send + 'static>(
                     }
                 }
             }
+            if !batch.is_empty() {
+                send(&mut batch, &mut batch_bytes);
+            }
         })
         .map_err(|e| Error::Other(format!("cannot start chunker thread: {e}")))?;
 
@@ -323,7 +340,7 @@ fn run_stream<R: Read + Send + 'static>(
     let mut handles = Vec::new();
     for i in 0..workers {
         let rx = raw_rx.clone();
-        let tx: SyncSender<Hashed> = hashed_tx.clone();
+        let tx: SyncSender<(u64, Vec<Hashed>)> = hashed_tx.clone();
         let key = dedup.clone();
         let known = st.known.clone();
         handles.push(
@@ -349,9 +366,13 @@ fn run_stream<R: Read + Send + 'static>(
     Ok((size, chunks))
 }
 
+/// A batch of chunks is sent on once it holds this many bytes or chunks.
+const BATCH_BYTES: usize = 1 << 20;
+const BATCH_CHUNKS: usize = 256;
+
 fn hash_worker(
-    rx: Arc<Mutex<Receiver<(u64, Bytes)>>>,
-    tx: SyncSender<Hashed>,
+    rx: Arc<Mutex<Receiver<(u64, Vec<Bytes>)>>>,
+    tx: SyncSender<(u64, Vec<Hashed>)>,
     key: crypto::DedupKey,
     known: Arc<Index>,
     level: i32,
@@ -365,59 +386,65 @@ fn hash_worker(
             Ok(guard) => guard.recv(),
             Err(_) => return,
         };
-        let Ok((seq, data)) = next else { return };
-        let id = key.chunk_id(&data);
-        // Known chunks are not compressed again: that is what makes a
-        // second backup of unchanged data cheap.
-        let compressed = if known.contains(&id) {
-            None
-        } else {
-            match compressor.compress(&data) {
-                Ok(c) => Some(c),
-                Err(_) => return,
-            }
-        };
-        if tx.send(Hashed { seq, id, raw_len: data.len() as u32, compressed }).is_err() {
+        let Ok((seq, batch)) = next else { return };
+        let mut out = Vec::with_capacity(batch.len());
+        for data in batch {
+            let id = key.chunk_id(&data);
+            // Known chunks are not compressed again: that is what makes a
+            // second backup of unchanged data cheap.
+            let compressed = if known.contains(&id) {
+                None
+            } else {
+                match compressor.compress(&data) {
+                    Ok(c) => Some(c),
+                    Err(_) => return,
+                }
+            };
+            out.push(Hashed { id, raw_len: data.len() as u32, compressed });
+        }
+        if tx.send((seq, out)).is_err() {
             return;
         }
     }
 }
 
-fn pack_in_order(rx: Receiver<Hashed>, st: &mut PackerState) -> Result<(u64, Vec<ChunkId>)> {
+fn pack_in_order(rx: Receiver<(u64, Vec<Hashed>)>, st: &mut PackerState) -> Result<(u64, Vec<ChunkId>)> {
     let mut pending = std::collections::BTreeMap::new();
     let mut next = 0u64;
     let mut size = 0u64;
     let mut chunks = Vec::new();
-    for h in rx.iter() {
-        pending.insert(h.seq, h);
-        while let Some(h) = pending.remove(&next) {
+    for (seq, batch) in rx.iter() {
+        pending.insert(seq, batch);
+        while let Some(batch) = pending.remove(&next) {
             next += 1;
-            size += h.raw_len as u64;
-            st.stats.bytes_read += h.raw_len as u64;
-            st.stats.chunks += 1;
-            chunks.push(h.id);
-            if st.known.contains(&h.id) || st.session_ids.contains(&h.id) {
-                continue;
-            }
-            let Some(data) = h.compressed else { continue };
-            st.session_ids.insert(h.id);
-            st.stats.new_chunks += 1;
-            st.stats.bytes_new_raw += h.raw_len as u64;
-            let cur = &mut st.current;
-            cur.blobs.push(PackBlob {
-                id: h.id,
-                offset: cur.body.len() as u32,
-                length: data.len() as u32,
-                raw_length: h.raw_len,
-            });
-            cur.body.extend_from_slice(&data);
-            cur.raw_bytes += h.raw_len as u64;
-            if cur.body.len() >= st.pack_size {
-                let p = std::mem::replace(cur, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 });
-                let sealed =
-                    SealedPack { plaintext: seal_pack(p.body, &p.blobs), blobs: p.blobs, raw_bytes: p.raw_bytes };
-                if st.pack_tx.blocking_send(sealed).is_err() {
-                    return Err(Error::Other("upload stopped; see the upload error".into()));
+            for h in batch {
+                size += h.raw_len as u64;
+                st.stats.bytes_read += h.raw_len as u64;
+                st.stats.chunks += 1;
+                chunks.push(h.id);
+                if st.known.contains(&h.id) || st.session_ids.contains(&h.id) {
+                    continue;
+                }
+                let Some(data) = h.compressed else { continue };
+                st.session_ids.insert(h.id);
+                st.stats.new_chunks += 1;
+                st.stats.bytes_new_raw += h.raw_len as u64;
+                let cur = &mut st.current;
+                cur.blobs.push(PackBlob {
+                    id: h.id,
+                    offset: cur.body.len() as u32,
+                    length: data.len() as u32,
+                    raw_length: h.raw_len,
+                });
+                cur.body.extend_from_slice(&data);
+                cur.raw_bytes += h.raw_len as u64;
+                if cur.body.len() >= st.pack_size {
+                    let p = std::mem::replace(cur, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 });
+                    let sealed =
+                        SealedPack { plaintext: seal_pack(p.body, &p.blobs), blobs: p.blobs, raw_bytes: p.raw_bytes };
+                    if st.pack_tx.blocking_send(sealed).is_err() {
+                        return Err(Error::Other("upload stopped; see the upload error".into()));
+                    }
                 }
             }
         }

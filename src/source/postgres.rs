@@ -37,8 +37,8 @@ pub struct PgOptions {
     pub row_counts: Option<RowCounts>,
     /// Physical mode: cut relation data files into pages (PostgreSQL's block
     /// size) so that a second base backup stores only the changed pages.
-    /// Default true; `false` cuts by content only (a full backup stores less,
-    /// later ones more: see docs/PERFORMANCE.md).
+    /// Default false: content-defined chunks (a smaller full backup and a
+    /// faster restore, larger later backups: see docs/PERFORMANCE.md).
     #[serde(default)]
     pub chunk_pages: Option<bool>,
     /// Directory holding pg_dump/pg_restore/pg_basebackup (default: the
@@ -584,8 +584,11 @@ pub async fn current_fingerprint(conn: &str, db: &str, mode: RowCounts) -> Resul
     fingerprint(&c, mode, &[]).await
 }
 
-/// Physical backups cut data files into pages unless the policy says not to.
-pub const DEFAULT_CHUNK_PAGES: bool = true;
+/// Physical backups cut data files by content unless the policy asks for
+/// pages: page chunks store far less after spread updates but make the first
+/// backup ~1.5x bigger and the restore (the RTO) ~1.5x slower (measured in
+/// docs/PERFORMANCE.md), so they are a choice per job, not the default.
+pub const DEFAULT_CHUNK_PAGES: bool = false;
 
 /// Physical backup: `pg_basebackup` of the whole cluster as one tar stream
 /// (WAL needed for consistency included), with its LSNs and timeline.
@@ -608,6 +611,11 @@ pub async fn backup_physical(
     let block_size: String =
         admin.query_one("select current_setting('block_size')", &[]).await.map_err(sql_err)?.get(0);
     let block_size: u32 = block_size.parse().unwrap_or(8192);
+    let cluster_bytes: i64 = admin
+        .query_one("select coalesce(sum(pg_database_size(oid)), 0)::bigint from pg_database where datallowconn", &[])
+        .await
+        .map_err(sql_err)?
+        .get(0);
     drop(admin);
     let tools = Tools::find(opts.pg_bin.as_deref(), major);
     let tool_version = tools.check_version("pg_basebackup", major, &version)?;
@@ -616,10 +624,10 @@ pub async fn backup_physical(
     let started = crate::clock::now();
     let env = target.tool_env(None)?;
     env.apply(&mut cmd);
-    // Data files are cut into pages (unless the policy says not to): a
-    // second base backup then stores only the pages that changed.
+    // With chunk_pages, data files are cut into pages: a second base backup
+    // then stores only the pages that changed.
     let layout = if opts.chunk_pages.unwrap_or(DEFAULT_CHUNK_PAGES) {
-        Layout::TarPages { page: block_size }
+        Layout::postgres_pages(block_size, cluster_bytes.max(0) as u64)
     } else {
         Layout::Cdc
     };
@@ -654,6 +662,7 @@ pub async fn backup_physical(
         "wal_segment_size": seg_size,
         "archive_mode": archive_mode,
         "wal_archive": job,
+        "page_chunk_bytes": match layout { Layout::TarPages { page } => Some(page), Layout::Cdc => None },
     }))
 }
 
