@@ -445,6 +445,20 @@ impl Drop for Cluster {
     }
 }
 
+/// `lifeboat restore SNAPSHOT --to-dir DIR --start` (plus `extra`) as the
+/// postgres user, on a free port; the restored cluster is running.
+fn restore_and_start(f: &Fixture, exe: &str, snapshot: &str, dir: &str, extra: &[&str]) -> Cluster {
+    let dir = f.dir.path().join(dir);
+    let port = free_port();
+    let port_s = port.to_string();
+    let mut args =
+        vec![exe, "restore", "--repo", &f.repo, "--identity", f.id(), snapshot, "--to-dir", dir.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--start", "--port", &port_s, "--wait", "120"]);
+    ok(&as_postgres(&args, &[]));
+    Cluster { dir, port }
+}
+
 #[test]
 fn physical_backup_wal_archive_and_point_in_time_restore() {
     let f = Fixture::local();
@@ -486,31 +500,7 @@ fn physical_backup_wal_archive_and_point_in_time_restore() {
 
     // PITR between marker 3 and 4: exactly markers 1..3.
     let between = times[2] + (times[3] - times[2]) / 2;
-    let dir2 = f.dir.path().join("pitr-data");
-    let p2 = free_port();
-    let out = as_postgres(
-        &[
-            exe,
-            "restore",
-            "--repo",
-            &f.repo,
-            "--identity",
-            f.id(),
-            &base,
-            "--to-dir",
-            dir2.to_str().unwrap(),
-            "--at",
-            &between.to_rfc3339(),
-            "--start",
-            "--port",
-            &p2.to_string(),
-            "--wait",
-            "120",
-        ],
-        &[],
-    );
-    ok(&out);
-    let restored = Cluster { dir: dir2, port: p2 };
+    let restored = restore_and_start(&f, exe, &base, "pitr-data", &["--at", &between.to_rfc3339()]);
     let ids = restored.psql("select string_agg(id::text, ',' order by id) from markers");
     restored.stop();
     assert_eq!(ids, "1,2,3", "markers after the target time must not be there");
@@ -683,28 +673,7 @@ fn physical_second_backup_stores_only_changed_pages() {
         "second base backup stored {new_raw} new bytes of {read} read (table {table_bytes})"
     );
     // The page-cut snapshot restores and holds the updated rows.
-    let dir = f.dir.path().join("pages-data");
-    let port = free_port();
-    ok(&as_postgres(
-        &[
-            exe,
-            "restore",
-            "--repo",
-            &f.repo,
-            "--identity",
-            f.id(),
-            &second,
-            "--to-dir",
-            dir.to_str().unwrap(),
-            "--start",
-            "--port",
-            &port.to_string(),
-            "--wait",
-            "120",
-        ],
-        &[],
-    ));
-    let restored = Cluster { dir, port };
+    let restored = restore_and_start(&f, exe, &second, "pages-data", &[]);
     let got = restored.psql("select count(*), count(*) filter (where v like '%x'), sum(hashtext(v || pad)) from t");
     restored.stop();
     assert_eq!(

@@ -608,14 +608,24 @@ pub async fn backup_physical(
         .get(0);
     let archive_mode: String =
         admin.query_one("select current_setting('archive_mode')", &[]).await.map_err(sql_err)?.get(0);
-    let block_size: String =
-        admin.query_one("select current_setting('block_size')", &[]).await.map_err(sql_err)?.get(0);
-    let block_size: u32 = block_size.parse().unwrap_or(8192);
-    let cluster_bytes: i64 = admin
-        .query_one("select coalesce(sum(pg_database_size(oid)), 0)::bigint from pg_database where datallowconn", &[])
-        .await
-        .map_err(sql_err)?
-        .get(0);
+    // With chunk_pages, data files are cut into pages: a second base backup
+    // then stores only the pages that changed. (Sizing the cluster stats
+    // every file, so it is only done when pages are wanted.)
+    let layout = if opts.chunk_pages.unwrap_or(DEFAULT_CHUNK_PAGES) {
+        let block_size: String =
+            admin.query_one("select current_setting('block_size')", &[]).await.map_err(sql_err)?.get(0);
+        let cluster_bytes: i64 = admin
+            .query_one(
+                "select coalesce(sum(pg_database_size(oid)), 0)::bigint from pg_database where datallowconn",
+                &[],
+            )
+            .await
+            .map_err(sql_err)?
+            .get(0);
+        Layout::postgres_pages(block_size.parse().unwrap_or(8192), cluster_bytes.max(0) as u64)
+    } else {
+        Layout::Cdc
+    };
     drop(admin);
     let tools = Tools::find(opts.pg_bin.as_deref(), major);
     let tool_version = tools.check_version("pg_basebackup", major, &version)?;
@@ -624,13 +634,6 @@ pub async fn backup_physical(
     let started = crate::clock::now();
     let env = target.tool_env(None)?;
     env.apply(&mut cmd);
-    // With chunk_pages, data files are cut into pages: a second base backup
-    // then stores only the pages that changed.
-    let layout = if opts.chunk_pages.unwrap_or(DEFAULT_CHUNK_PAGES) {
-        Layout::postgres_pages(block_size, cluster_bytes.max(0) as u64)
-    } else {
-        Layout::Cdc
-    };
     let (_, stderr) = stream_process(session, "base.tar", cmd, job, layout).await?;
     let find =
         |marker: &str| stderr.lines().find_map(|l| l.split_once(marker).map(|(_, rest)| rest.trim().to_string()));
