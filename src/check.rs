@@ -9,7 +9,7 @@ use tracing::warn;
 
 use crate::crypto::ChunkId;
 use crate::error::Result;
-use crate::pipeline::{decode_pack_blob, fetch_pack};
+use crate::pipeline::{BlobDecoder, fetch_pack};
 use crate::repo::{self, Keys, Repository};
 
 #[derive(Debug, Default, Serialize)]
@@ -135,8 +135,17 @@ pub async fn check(repo: &Repository, keys: &Keys, read_data: bool) -> Result<Ch
                 let n = blobs.len() as u64;
                 let bad = tokio::task::spawn_blocking(move || {
                     let mut bad = Vec::new();
+                    let mut decoder = match BlobDecoder::new() {
+                        Ok(d) => d,
+                        Err(e) => return vec![(None, e)],
+                    };
+                    let mut blobs = blobs;
+                    // In pack order, so a shared frame decompresses once.
+                    blobs.sort_by_key(|(_, l)| (l.offset, l.skip));
+                    let mut raw = Vec::new();
                     for (id, loc) in &blobs {
-                        if let Err(d) = decode_pack_blob(&data, loc.offset, loc.length, loc.raw_length, id, &key) {
+                        raw.resize(loc.raw_length as usize, 0);
+                        if let Err(d) = decoder.decode_into(&data, loc, id, &key, &mut raw) {
                             bad.push((Some(*id), d));
                         }
                     }

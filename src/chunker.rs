@@ -176,9 +176,11 @@ impl TarCursor {
                 }
                 break;
             }
-            match parse_header(&window[at..at + 512]) {
-                Header::End | Header::Unknown => self.done = true,
-                Header::Entry { size, relation } => {
+            match crate::tar::parse_header(&window[at..at + 512]) {
+                crate::tar::Header::End | crate::tar::Header::Unknown => self.done = true,
+                crate::tar::Header::Entry(e) => {
+                    let size = e.size;
+                    let relation = e.is_file() && is_relation_path("", &e.path);
                     let data = self.next_header + 512;
                     self.next_header = data + size.div_ceil(512) * 512;
                     if relation && size > 0 {
@@ -194,52 +196,6 @@ impl TarCursor {
         let cdc = fastcdc::v2020::FastCDC::new(&window[..limit], p.min_size, p.avg_size, p.max_size);
         cdc.cut(0, limit).1.max(1)
     }
-}
-
-enum Header {
-    End,
-    Unknown,
-    Entry { size: u64, relation: bool },
-}
-
-/// Read a ustar/GNU header block: its data size, and whether it is a
-/// PostgreSQL relation data file (a regular file whose data is pages).
-fn parse_header(h: &[u8]) -> Header {
-    if h.iter().all(|&b| b == 0) {
-        return Header::End;
-    }
-    // The checksum proves this is a header and not data we lost track of.
-    let sum: u64 = h.iter().enumerate().map(|(i, &b)| if (148..156).contains(&i) { 32 } else { b as u64 }).sum();
-    if parse_octal(&h[148..156]) != Some(sum) {
-        return Header::Unknown;
-    }
-    let size = if h[124] & 0x80 != 0 {
-        // GNU base-256 for sizes of 8 GiB and more.
-        h[125..136].iter().fold(0u64, |a, &b| a.wrapping_shl(8) | b as u64)
-    } else {
-        match parse_octal(&h[124..136]) {
-            Some(s) => s,
-            None => return Header::Unknown,
-        }
-    };
-    let regular = matches!(h[156], b'0' | 0);
-    let name = cstr(&h[0..100]);
-    let prefix = if &h[257..262] == b"ustar" { cstr(&h[345..500]) } else { "" };
-    let relation = regular && is_relation_path(prefix, name);
-    Header::Entry { size, relation }
-}
-
-fn cstr(b: &[u8]) -> &str {
-    let end = b.iter().position(|&c| c == 0).unwrap_or(b.len());
-    std::str::from_utf8(&b[..end]).unwrap_or("")
-}
-
-fn parse_octal(b: &[u8]) -> Option<u64> {
-    let s = cstr(b).trim_matches(|c: char| c == ' ' || c == '\0');
-    if s.is_empty() {
-        return None;
-    }
-    u64::from_str_radix(s, 8).ok()
 }
 
 /// `base/DB/REL`, `global/REL` or `pg_tblspc/OID/PG_*/DB/REL`, where REL is

@@ -29,6 +29,7 @@ pub mod schedule;
 pub mod scratch;
 pub mod source;
 pub mod storage;
+pub mod tar;
 pub mod verify;
 
 pub use error::{Error, Result};

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use serde::Serialize;
 
 use crate::crypto::ChunkId;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::repo::lock::{Lock, LockKind};
 use crate::repo::{self, IndexFile, Keys, Repository};
 use crate::retention::{self, Decision, RetentionRules, SnapshotInfo};
@@ -97,8 +97,7 @@ async fn prune_locked(repo: &Repository, keys: &Keys, grace: chrono::Duration, d
     for o in &index_objs {
         let ct = repo.backend.get(&o.key).await?;
         let pt = crate::crypto::decrypt_one(&keys.index_identity, &o.key, &ct)?;
-        let f: IndexFile =
-            serde_json::from_slice(&pt).map_err(|e| Error::Corrupt { what: o.key.clone(), detail: e.to_string() })?;
+        let f: IndexFile = repo::decode_json(&o.key, &pt)?;
         files.push((o.key.clone(), f));
     }
     let mut indexed: HashSet<ChunkId> = HashSet::new();
@@ -112,8 +111,12 @@ async fn prune_locked(repo: &Repository, keys: &Keys, grace: chrono::Duration, d
                 dead.insert(p.id);
             } else if live < p.blobs.len() {
                 report.packs_partly_used += 1;
-                report.bytes_reclaimable_by_repack +=
-                    p.blobs.iter().filter(|b| !used.contains(&b.id)).map(|b| b.length as u64).sum::<u64>();
+                report.bytes_reclaimable_by_repack += p
+                    .blobs
+                    .iter()
+                    .filter(|b| !used.contains(&b.id))
+                    .map(|b| repo::BlobLocation::of(p.id, b).stored_share())
+                    .sum::<u64>();
             }
         }
     }

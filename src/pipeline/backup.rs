@@ -39,8 +39,39 @@ struct SealedPack {
 struct Hashed {
     id: ChunkId,
     raw_len: u32,
-    compressed: Option<Vec<u8>>,
+    stored: Stored,
 }
+
+enum Stored {
+    /// In the index the session started from: not compressed again.
+    Known,
+    /// Compressed on its own.
+    Alone(Vec<u8>),
+    /// `raw_len` bytes from `skip` of the batch's shared frame `frame`.
+    Framed { frame: usize, skip: u32 },
+}
+
+/// Several small new chunks compressed as one zstd frame (format 2).
+struct Frame {
+    compressed: Vec<u8>,
+    raw: u32,
+}
+
+/// What a hash worker hands the packer: a batch's chunks in stream order
+/// and the frames they share.
+struct HashedBatch {
+    chunks: Vec<Hashed>,
+    frames: Vec<Frame>,
+}
+
+/// New chunks up to this size are compressed together with their new
+/// neighbours, in frames of up to `FRAME_BYTES`: an 8 KiB page compresses
+/// ~3.0x alone and ~4x with its neighbours (measured on pg_basebackup
+/// output), while dedup still works page by page. A restore decompresses a
+/// frame once per run of its pages, and at most `FRAME_BYTES` for a page
+/// read on its own.
+const FRAME_MEMBER_MAX: usize = 64 * 1024;
+const FRAME_BYTES: usize = 128 * 1024;
 
 /// An open backup. Add one or more streams, then [`BackupSession::commit`].
 /// Dropping it without committing leaves no visible snapshot: packs already
@@ -148,13 +179,15 @@ impl BackupSession {
             stats: std::mem::take(&mut self.stats),
             pack_tx: self.pack_tx.clone().ok_or_else(|| Error::Other("backup session already committed".into()))?,
             pack_size: self.repo.config.pack_size as usize,
+            version: self.repo.config.version,
         };
         let params = self.repo.config.chunker;
-        let level = self.repo.config.compression_level;
+        let compress =
+            Compression { level: self.repo.config.compression_level, shared_frames: self.repo.config.version >= 2 };
         let dedup = self.keys.dedup.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _e = span.enter();
-            let r = run_stream(reader, params, layout, level, dedup, &mut state);
+            let r = run_stream(reader, params, layout, compress, dedup, &mut state);
             (state, r)
         })
         .await
@@ -229,8 +262,10 @@ impl BackupSession {
         if !self.current.blobs.is_empty() {
             let p =
                 std::mem::replace(&mut self.current, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 });
+            let version = self.repo.config.version;
             let tx = self.pack_tx.clone().ok_or_else(|| Error::Other("session closed".into()))?;
-            let sealed = SealedPack { plaintext: seal_pack(p.body, &p.blobs), blobs: p.blobs, raw_bytes: p.raw_bytes };
+            let sealed =
+                SealedPack { plaintext: seal_pack(version, p.body, &p.blobs), blobs: p.blobs, raw_bytes: p.raw_bytes };
             if tx.send(sealed).await.is_err() {
                 // The uploader stopped early: its error explains why.
                 self.finish_uploads().await?;
@@ -283,6 +318,8 @@ struct PackerState {
     stats: BackupStats,
     pack_tx: mpsc::Sender<SealedPack>,
     pack_size: usize,
+    /// The repository's format version (what the packs may use).
+    version: u32,
 }
 
 /// Chunk, hash, compress and pack one stream. Runs on blocking threads.
@@ -290,7 +327,7 @@ fn run_stream<R: Read + Send + 'static>(
     reader: R,
     params: chunker::ChunkerParams,
     layout: chunker::Layout,
-    level: i32,
+    compress: Compression,
     dedup: crypto::DedupKey,
     st: &mut PackerState,
 ) -> Result<(u64, Vec<ChunkId>)> {
@@ -299,7 +336,7 @@ fn run_stream<R: Read + Send + 'static>(
     // futex wake-up, which page-sized chunks (8 KiB) would pay 128 times
     // per MiB (a fifth of the CPU, measured).
     let (raw_tx, raw_rx) = sync_channel::<(u64, Vec<Bytes>)>(workers * 2);
-    let (hashed_tx, hashed_rx) = sync_channel::<(u64, Vec<Hashed>)>(workers * 2);
+    let (hashed_tx, hashed_rx) = sync_channel::<(u64, HashedBatch)>(workers * 2);
     let (err_tx, err_rx) = sync_channel::<std::io::Error>(1);
 
     let chunker = std::thread::Builder::new()
@@ -340,13 +377,13 @@ fn run_stream<R: Read + Send + 'static>(
     let mut handles = Vec::new();
     for i in 0..workers {
         let rx = raw_rx.clone();
-        let tx: SyncSender<(u64, Vec<Hashed>)> = hashed_tx.clone();
+        let tx: SyncSender<(u64, HashedBatch)> = hashed_tx.clone();
         let key = dedup.clone();
         let known = st.known.clone();
         handles.push(
             std::thread::Builder::new()
                 .name(format!("lifeboat-hash-{i}"))
-                .spawn(move || hash_worker(rx, tx, key, known, level))
+                .spawn(move || hash_worker(rx, tx, key, known, compress))
                 .map_err(|e| Error::Other(format!("cannot start worker thread: {e}")))?,
         );
     }
@@ -370,37 +407,79 @@ fn run_stream<R: Read + Send + 'static>(
 const BATCH_BYTES: usize = 1 << 20;
 const BATCH_CHUNKS: usize = 256;
 
+/// How new chunks are compressed.
+#[derive(Clone, Copy)]
+struct Compression {
+    level: i32,
+    /// Small neighbours share a frame (repositories of format 2 and later).
+    shared_frames: bool,
+}
+
 fn hash_worker(
     rx: Arc<Mutex<Receiver<(u64, Vec<Bytes>)>>>,
-    tx: SyncSender<(u64, Vec<Hashed>)>,
+    tx: SyncSender<(u64, HashedBatch)>,
     key: crypto::DedupKey,
     known: Arc<Index>,
-    level: i32,
+    compress: Compression,
 ) {
-    let mut compressor = match zstd::bulk::Compressor::new(level) {
+    let mut compressor = match zstd::bulk::Compressor::new(compress.level) {
         Ok(c) => c,
         Err(_) => return,
     };
+    let mut scratch = Vec::with_capacity(FRAME_BYTES);
     loop {
         let next = match rx.lock() {
             Ok(guard) => guard.recv(),
             Err(_) => return,
         };
         let Ok((seq, batch)) = next else { return };
-        let mut out = Vec::with_capacity(batch.len());
-        for data in batch {
-            let id = key.chunk_id(&data);
-            // Known chunks are not compressed again: that is what makes a
-            // second backup of unchanged data cheap.
-            let compressed = if known.contains(&id) {
-                None
-            } else {
-                match compressor.compress(&data) {
-                    Ok(c) => Some(c),
-                    Err(_) => return,
+        let ids: Vec<ChunkId> = batch.iter().map(|d| key.chunk_id(d)).collect();
+        // Known chunks are not compressed again: that is what makes a
+        // second backup of unchanged data cheap.
+        let is_new: Vec<bool> = ids.iter().map(|id| !known.contains(id)).collect();
+        let mut out = HashedBatch { chunks: Vec::with_capacity(batch.len()), frames: Vec::new() };
+        let mut i = 0;
+        while i < batch.len() {
+            let id = ids[i];
+            let raw_len = batch[i].len() as u32;
+            if !is_new[i] {
+                out.chunks.push(Hashed { id, raw_len, stored: Stored::Known });
+                i += 1;
+                continue;
+            }
+            // A run of small new chunks that fits one frame.
+            let mut end = i;
+            let mut bytes = 0;
+            if compress.shared_frames {
+                while end < batch.len()
+                    && is_new[end]
+                    && batch[end].len() <= FRAME_MEMBER_MAX
+                    && bytes + batch[end].len() <= FRAME_BYTES
+                {
+                    bytes += batch[end].len();
+                    end += 1;
                 }
-            };
-            out.push(Hashed { id, raw_len: data.len() as u32, compressed });
+            }
+            if end - i < 2 {
+                let Ok(c) = compressor.compress(&batch[i]) else { return };
+                out.chunks.push(Hashed { id, raw_len, stored: Stored::Alone(c) });
+                i += 1;
+                continue;
+            }
+            scratch.clear();
+            let frame = out.frames.len();
+            for j in i..end {
+                let skip = scratch.len() as u32;
+                scratch.extend_from_slice(&batch[j]);
+                out.chunks.push(Hashed {
+                    id: ids[j],
+                    raw_len: batch[j].len() as u32,
+                    stored: Stored::Framed { frame, skip },
+                });
+            }
+            let Ok(c) = compressor.compress(&scratch) else { return };
+            out.frames.push(Frame { compressed: c, raw: scratch.len() as u32 });
+            i = end;
         }
         if tx.send((seq, out)).is_err() {
             return;
@@ -408,16 +487,20 @@ fn hash_worker(
     }
 }
 
-fn pack_in_order(rx: Receiver<(u64, Vec<Hashed>)>, st: &mut PackerState) -> Result<(u64, Vec<ChunkId>)> {
+fn pack_in_order(rx: Receiver<(u64, HashedBatch)>, st: &mut PackerState) -> Result<(u64, Vec<ChunkId>)> {
     let mut pending = std::collections::BTreeMap::new();
     let mut next = 0u64;
     let mut size = 0u64;
     let mut chunks = Vec::new();
+    // Counts sealed packs, so a frame placed in an earlier pack is written
+    // again rather than referenced across packs.
+    let mut pack_no = 0u64;
     for (seq, batch) in rx.iter() {
         pending.insert(seq, batch);
-        while let Some(batch) = pending.remove(&next) {
+        while let Some(HashedBatch { chunks: hashed, frames }) = pending.remove(&next) {
             next += 1;
-            for h in batch {
+            let mut placed: Vec<Option<(u64, u32)>> = vec![None; frames.len()];
+            for h in hashed {
                 size += h.raw_len as u64;
                 st.stats.bytes_read += h.raw_len as u64;
                 st.stats.chunks += 1;
@@ -425,23 +508,55 @@ fn pack_in_order(rx: Receiver<(u64, Vec<Hashed>)>, st: &mut PackerState) -> Resu
                 if st.known.contains(&h.id) || st.session_ids.contains(&h.id) {
                     continue;
                 }
-                let Some(data) = h.compressed else { continue };
+                let cur = &mut st.current;
+                let blob = match h.stored {
+                    Stored::Known => continue,
+                    Stored::Alone(data) => {
+                        let offset = cur.body.len() as u32;
+                        cur.body.extend_from_slice(&data);
+                        PackBlob {
+                            id: h.id,
+                            offset,
+                            length: data.len() as u32,
+                            raw_length: h.raw_len,
+                            frame_raw: 0,
+                            skip: 0,
+                        }
+                    }
+                    Stored::Framed { frame, skip } => {
+                        let f = &frames[frame];
+                        let offset = match placed[frame] {
+                            Some((p, offset)) if p == pack_no => offset,
+                            _ => {
+                                let offset = cur.body.len() as u32;
+                                cur.body.extend_from_slice(&f.compressed);
+                                placed[frame] = Some((pack_no, offset));
+                                offset
+                            }
+                        };
+                        PackBlob {
+                            id: h.id,
+                            offset,
+                            length: f.compressed.len() as u32,
+                            raw_length: h.raw_len,
+                            frame_raw: f.raw,
+                            skip,
+                        }
+                    }
+                };
                 st.session_ids.insert(h.id);
                 st.stats.new_chunks += 1;
                 st.stats.bytes_new_raw += h.raw_len as u64;
-                let cur = &mut st.current;
-                cur.blobs.push(PackBlob {
-                    id: h.id,
-                    offset: cur.body.len() as u32,
-                    length: data.len() as u32,
-                    raw_length: h.raw_len,
-                });
-                cur.body.extend_from_slice(&data);
+                cur.blobs.push(blob);
                 cur.raw_bytes += h.raw_len as u64;
                 if cur.body.len() >= st.pack_size {
                     let p = std::mem::replace(cur, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 });
-                    let sealed =
-                        SealedPack { plaintext: seal_pack(p.body, &p.blobs), blobs: p.blobs, raw_bytes: p.raw_bytes };
+                    let sealed = SealedPack {
+                        plaintext: seal_pack(st.version, p.body, &p.blobs),
+                        blobs: p.blobs,
+                        raw_bytes: p.raw_bytes,
+                    };
+                    pack_no += 1;
                     if st.pack_tx.blocking_send(sealed).is_err() {
                         return Err(Error::Other("upload stopped; see the upload error".into()));
                     }
@@ -513,6 +628,101 @@ mod tests {
             self.0 -= n;
             Ok(n)
         }
+    }
+
+    /// Text-like data with some randomness: compresses, and cut by a small
+    /// chunker into chunks that all qualify for shared frames.
+    fn sample(len: usize, seed: u64) -> Vec<u8> {
+        let mut x = seed | 1;
+        let mut out = Vec::with_capacity(len);
+        while out.len() < len {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            out.extend_from_slice(
+                format!("row {} customer-{} amount {}.{:02}\n", x % 1000, x % 97, x % 5000, x % 100).as_bytes(),
+            );
+        }
+        out.truncate(len);
+        out
+    }
+
+    async fn small_chunk_repo(version: u32) -> (std::path::PathBuf, Repository, Keys) {
+        let dir = std::env::temp_dir().join(format!("lifeboat-frames-{}", hex::encode(rand::random::<[u8; 6]>())));
+        let url: crate::storage::RepoUrl = dir.display().to_string().parse().unwrap();
+        let id = age::x25519::Identity::generate();
+        let opts = repo::InitOptions {
+            recipients: vec![id.to_public().to_string()],
+            chunker: chunker::ChunkerParams { min_size: 2048, avg_size: 8192, max_size: 32768 },
+            ..Default::default()
+        };
+        let (mut repo, _) = Repository::init(&url, opts).await.unwrap();
+        // What a repository created by an older lifeboat looks like to a writer.
+        repo.config.version = version;
+        let keys = repo.unlock_identity(crypto::Identities::from_x25519(id, "test")).await.unwrap();
+        (dir, repo, keys)
+    }
+
+    async fn backup(repo: &Repository, keys: &Keys, data: &[u8]) -> Manifest {
+        let mut s =
+            BackupSession::start(repo, keys, BackupOptions { name: "t".into(), ..Default::default() }).await.unwrap();
+        s.add_stream("s", std::io::Cursor::new(data.to_vec())).await.unwrap();
+        s.commit(serde_json::json!({})).await.unwrap()
+    }
+
+    async fn restore(repo: &Repository, keys: &Keys, m: &Manifest) -> Vec<u8> {
+        let index = repo.load_index(keys).await.unwrap();
+        let out = Arc::new(Mutex::new(Vec::new()));
+        struct Sink(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Sink {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        crate::pipeline::restore_stream(repo, keys, &index, &m.id, &m.streams[0], Sink(out.clone())).await.unwrap();
+        let v = out.lock().unwrap().clone();
+        v
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn small_chunks_share_frames_dedup_singly_and_round_trip() {
+        let (dir, repo, keys) = small_chunk_repo(repo::FORMAT_VERSION).await;
+        let a = sample(3 << 20, 7);
+        let m1 = backup(&repo, &keys, &a).await;
+        let index = repo.load_index(&keys).await.unwrap();
+        let framed = index.blobs.values().filter(|l| l.frame_raw > 0).count();
+        assert!(framed * 10 > index.blobs.len() * 9, "{framed} of {} chunks in shared frames", index.blobs.len());
+        assert_eq!(restore(&repo, &keys, &m1).await, a);
+
+        // Change a few bytes in three places: only the chunks around them are new.
+        let mut b = a.clone();
+        for at in [100_000usize, 1_500_000, 3_000_000] {
+            b[at..at + 4].copy_from_slice(b"EDIT");
+        }
+        let m2 = backup(&repo, &keys, &b).await;
+        assert!(m2.stats.new_chunks <= 9, "{} new chunks", m2.stats.new_chunks);
+        assert!(m2.stats.bytes_new_raw < 200_000, "{} new raw bytes", m2.stats.bytes_new_raw);
+        assert_eq!(restore(&repo, &keys, &m2).await, b);
+        assert_eq!(restore(&repo, &keys, &m1).await, a);
+        let report = crate::check::check(&repo, &keys, true).await.unwrap();
+        assert!(report.ok(), "{report:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_format_1_repository_is_written_without_shared_frames() {
+        let (dir, repo, keys) = small_chunk_repo(1).await;
+        let a = sample(1 << 20, 9);
+        let m = backup(&repo, &keys, &a).await;
+        let index = repo.load_index(&keys).await.unwrap();
+        assert!(index.blobs.len() > 20);
+        assert!(index.blobs.values().all(|l| l.frame_raw == 0 && l.skip == 0));
+        assert_eq!(restore(&repo, &keys, &m).await, a);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,5 +12,5 @@ mod pack;
 mod restore;
 
 pub use self::backup::{BackupOptions, BackupSession};
-pub use self::pack::{decode_pack_blob, decode_pack_blob_into, seal_pack};
+pub use self::pack::{BlobDecoder, seal_pack};
 pub use self::restore::{PackCache, fetch_pack, restore_stream};

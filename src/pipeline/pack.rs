@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::crypto::{ChunkId, DedupKey};
-use crate::repo::PackBlob;
+use crate::repo::{BlobLocation, PackBlob};
 
 const MAGIC: &[u8; 4] = b"LBPK";
 
@@ -15,52 +15,156 @@ struct Trailer {
     blobs: Vec<PackBlob>,
 }
 
-/// Append the trailer to a pack's blob bytes.
-pub fn seal_pack(mut body: Vec<u8>, blobs: &[PackBlob]) -> Vec<u8> {
-    let t = serde_json::to_vec(&Trailer { version: 1, blobs: blobs.to_vec() }).expect("serialisable");
+/// Append the trailer to a pack's blob bytes (zstd-compressed JSON in a
+/// format 2 repository).
+pub fn seal_pack(version: u32, mut body: Vec<u8>, blobs: &[PackBlob]) -> Vec<u8> {
+    let trailer = Trailer { version: 1, blobs: blobs.to_vec() };
+    // Cannot fail for this plain struct; an empty trailer only costs an index rebuild.
+    let t = crate::repo::encode_json(version, &trailer).unwrap_or_default();
     body.extend_from_slice(&t);
     body.extend_from_slice(&(t.len() as u32).to_le_bytes());
     body.extend_from_slice(MAGIC);
     body
 }
 
-/// Decompress one blob out of a decrypted pack and check its keyed hash.
-pub fn decode_pack_blob(
-    pack: &[u8],
-    offset: u32,
-    length: u32,
-    raw_length: u32,
-    id: &ChunkId,
-    key: &DedupKey,
-) -> Result<Vec<u8>, String> {
-    let mut raw = vec![0u8; raw_length as usize];
-    let mut dctx = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?;
-    decode_pack_blob_into(&mut dctx, pack, offset, length, id, key, &mut raw)?;
-    Ok(raw)
+/// Decodes blobs out of decrypted packs into caller buffers with a reusable
+/// zstd context: restore decodes gigabytes, and a fresh buffer and context
+/// per chunk cost page faults and setup each time. The last shared frame
+/// (format 2) is kept, so the pages of one frame decompress once when they
+/// are read in order.
+pub struct BlobDecoder {
+    dctx: zstd::bulk::Decompressor<'static>,
+    frame: Vec<u8>,
+    /// (pack, offset) of the frame held in `frame`.
+    frame_at: Option<(ChunkId, u32)>,
 }
 
-/// Like [`decode_pack_blob`], but into `out` (exactly the blob's raw length)
-/// with a reusable decompression context: restore decodes gigabytes, and a
-/// fresh buffer and context per chunk cost page faults and setup each time.
-pub fn decode_pack_blob_into(
-    dctx: &mut zstd::bulk::Decompressor<'static>,
-    pack: &[u8],
-    offset: u32,
-    length: u32,
-    id: &ChunkId,
-    key: &DedupKey,
-    out: &mut [u8],
-) -> Result<(), String> {
-    let start = offset as usize;
-    let end = start + length as usize;
-    if end > pack.len() {
-        return Err(format!("blob {id:?} at {start}..{end} lies outside the pack ({} bytes)", pack.len()));
+impl BlobDecoder {
+    pub fn new() -> Result<BlobDecoder, String> {
+        let dctx = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?;
+        Ok(BlobDecoder { dctx, frame: Vec::new(), frame_at: None })
     }
-    let n = dctx
-        .decompress_to_buffer(&pack[start..end], out)
-        .map_err(|e| format!("blob {id:?} does not decompress: {e}"))?;
-    if n != out.len() || key.chunk_id(out) != *id {
-        return Err(format!("blob {id:?} content does not match its id"));
+
+    /// Decode the blob at `loc` of `pack` (decrypted) into `out`, which is
+    /// exactly the blob's raw length, and check the keyed hash.
+    pub fn decode_into(
+        &mut self,
+        pack: &[u8],
+        loc: &BlobLocation,
+        id: &ChunkId,
+        key: &DedupKey,
+        out: &mut [u8],
+    ) -> Result<(), String> {
+        let start = loc.offset as usize;
+        let end = start + loc.length as usize;
+        if end > pack.len() {
+            return Err(format!("blob {id:?} at {start}..{end} lies outside the pack ({} bytes)", pack.len()));
+        }
+        let compressed = &pack[start..end];
+        if loc.frame_raw == 0 {
+            let n = self
+                .dctx
+                .decompress_to_buffer(compressed, out)
+                .map_err(|e| format!("blob {id:?} does not decompress: {e}"))?;
+            if n != out.len() {
+                return Err(format!("blob {id:?} content does not match its id"));
+            }
+        } else {
+            let here = (loc.pack, loc.offset);
+            if self.frame_at != Some(here) {
+                self.frame_at = None;
+                self.frame.resize(loc.frame_raw as usize, 0);
+                let n = self
+                    .dctx
+                    .decompress_to_buffer(compressed, &mut self.frame[..])
+                    .map_err(|e| format!("blob {id:?} (shared frame) does not decompress: {e}"))?;
+                if n != self.frame.len() {
+                    return Err(format!(
+                        "blob {id:?}: its shared frame is {n} bytes, the index says {}",
+                        loc.frame_raw
+                    ));
+                }
+                self.frame_at = Some(here);
+            }
+            let from = loc.skip as usize;
+            let to = from + out.len();
+            if to > self.frame.len() {
+                return Err(format!("blob {id:?} lies outside its shared frame"));
+            }
+            out.copy_from_slice(&self.frame[from..to]);
+        }
+        if key.chunk_id(out) != *id {
+            return Err(format!("blob {id:?} content does not match its id"));
+        }
+        Ok(())
     }
-    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Three pages in one shared frame, the way backup writes them.
+    fn framed() -> (DedupKey, Vec<u8>, Vec<(ChunkId, BlobLocation)>, Vec<Vec<u8>>) {
+        let key = DedupKey::generate();
+        let pages: Vec<Vec<u8>> = (0..3u8).map(|i| format!("page {i} ").repeat(1000).into_bytes()).collect();
+        let raw: Vec<u8> = pages.concat();
+        let frame = zstd::bulk::compress(&raw, 3).unwrap();
+        let mut pack = b"xx".to_vec();
+        pack.extend_from_slice(&frame);
+        let pack_id = ChunkId([9; 32]);
+        let mut skip = 0;
+        let locs = pages
+            .iter()
+            .map(|p| {
+                let loc = BlobLocation {
+                    pack: pack_id,
+                    offset: 2,
+                    length: frame.len() as u32,
+                    raw_length: p.len() as u32,
+                    frame_raw: raw.len() as u32,
+                    skip,
+                };
+                skip += p.len() as u32;
+                (key.chunk_id(p), loc)
+            })
+            .collect();
+        (key, pack, locs, pages)
+    }
+
+    #[test]
+    fn pages_of_a_shared_frame_decode_in_any_order() {
+        let (key, pack, locs, pages) = framed();
+        let mut d = BlobDecoder::new().unwrap();
+        for i in [2, 0, 1, 1] {
+            let mut out = vec![0; pages[i].len()];
+            d.decode_into(&pack, &locs[i].1, &locs[i].0, &key, &mut out).unwrap();
+            assert_eq!(out, pages[i]);
+        }
+    }
+
+    #[test]
+    fn a_damaged_or_misdescribed_frame_is_refused() {
+        let (key, pack, locs, pages) = framed();
+        let decode = |pack: &[u8], loc: &BlobLocation, id: &ChunkId| {
+            let mut out = vec![0; loc.raw_length as usize];
+            BlobDecoder::new().unwrap().decode_into(pack, loc, id, &key, &mut out)
+        };
+        let (id, loc) = locs[1];
+        // A flipped byte in the compressed frame: the frame may still
+        // decompress, but some page's keyed hash cannot match.
+        let mut bad = pack.clone();
+        bad[2 + loc.length as usize / 2] ^= 0x40;
+        assert!(locs.iter().any(|(id, loc)| decode(&bad, loc, id).is_err()));
+        // An index entry that claims the wrong frame size, skip, or page.
+        assert!(
+            decode(&pack, &BlobLocation { frame_raw: loc.frame_raw + 1, ..loc }, &id)
+                .unwrap_err()
+                .contains("shared frame")
+        );
+        assert!(decode(&pack, &BlobLocation { skip: loc.frame_raw, ..loc }, &id).unwrap_err().contains("outside"));
+        assert!(decode(&pack, &BlobLocation { skip: 0, ..loc }, &id).unwrap_err().contains("does not match its id"));
+        assert!(decode(&pack, &BlobLocation { length: 10_000, ..loc }, &id).unwrap_err().contains("outside the pack"));
+        assert_eq!(pages.len(), 3);
+    }
 }

@@ -20,7 +20,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::pack::decode_pack_blob_into;
+use super::pack::BlobDecoder;
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use crate::repo::{self, BlobLocation, Index, Keys, Repository, StreamManifest};
@@ -158,24 +158,23 @@ impl BufferPool {
 }
 
 thread_local! {
-    /// One zstd decompression context per blocking thread, reused across runs.
-    static DCTX: std::cell::RefCell<Option<zstd::bulk::Decompressor<'static>>> = const { std::cell::RefCell::new(None) };
+    /// One decoder (zstd context, last shared frame) per blocking thread, reused across runs.
+    static DECODER: std::cell::RefCell<Option<BlobDecoder>> = const { std::cell::RefCell::new(None) };
 }
 
 /// Decode one run into `buf` (already sized to the run's raw length).
 fn decode_run(run: &Run, pack: &[u8], dedup: &crate::crypto::DedupKey, buf: &mut [u8]) -> Result<()> {
     let corrupt = |detail: String| Error::CorruptPack { pack: run.pack.to_hex(), detail };
-    DCTX.with(|cell| {
+    DECODER.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
-            *cell = Some(zstd::bulk::Decompressor::new().map_err(|e| Error::Other(format!("zstd: {e}")))?);
+            *cell = Some(BlobDecoder::new().map_err(|e| Error::Other(e))?);
         }
-        let dctx = cell.as_mut().expect("just set");
+        let decoder = cell.as_mut().expect("just set");
         let mut pos = 0usize;
         for (id, loc) in &run.blobs {
             let end = pos + loc.raw_length as usize;
-            decode_pack_blob_into(dctx, pack, loc.offset, loc.length, id, dedup, &mut buf[pos..end])
-                .map_err(corrupt)?;
+            decoder.decode_into(pack, loc, id, dedup, &mut buf[pos..end]).map_err(corrupt)?;
             pos = end;
         }
         Ok(())

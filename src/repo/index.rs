@@ -31,14 +31,52 @@ pub struct PackBlob {
     pub length: u32,
     /// Length of the chunk plaintext.
     pub raw_length: u32,
+    /// Format 2: non-zero when the blob shares one compressed frame
+    /// (`offset`/`length`) with its neighbours; the frame decompresses to
+    /// `frame_raw` bytes and the blob is `raw_length` of them from `skip`.
+    /// Small chunks (a base backup's pages) compress far better together.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub frame_raw: u32,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub skip: u32,
 }
 
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// Where a chunk's bytes are: a pack and the blob's place in it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct BlobLocation {
     pub pack: ChunkId,
     pub offset: u32,
     pub length: u32,
     pub raw_length: u32,
+    pub frame_raw: u32,
+    pub skip: u32,
+}
+
+impl BlobLocation {
+    pub fn of(pack: ChunkId, b: &PackBlob) -> BlobLocation {
+        BlobLocation {
+            pack,
+            offset: b.offset,
+            length: b.length,
+            raw_length: b.raw_length,
+            frame_raw: b.frame_raw,
+            skip: b.skip,
+        }
+    }
+
+    /// Compressed bytes attributable to this blob (a framed blob's share of
+    /// its frame), for space accounting.
+    pub fn stored_share(&self) -> u64 {
+        if self.frame_raw == 0 {
+            self.length as u64
+        } else {
+            self.length as u64 * self.raw_length as u64 / self.frame_raw as u64
+        }
+    }
 }
 
 #[derive(Debug, Default, Clone)]
@@ -59,12 +97,7 @@ impl Index {
         self.packs.insert(p.id, (p.size, source.to_string()));
         for b in &p.blobs {
             // First writer wins; duplicates across packs are harmless.
-            self.blobs.entry(b.id).or_insert(BlobLocation {
-                pack: p.id,
-                offset: b.offset,
-                length: b.length,
-                raw_length: b.raw_length,
-            });
+            self.blobs.entry(b.id).or_insert(BlobLocation::of(p.id, b));
         }
     }
 

@@ -26,8 +26,35 @@ use crate::error::{Error, Result};
 use crate::storage::{self, Backend, RepoUrl, StorageError};
 
 pub const FORMAT_NAME: &str = "lifeboat-repository";
-pub const FORMAT_VERSION: u32 = 1;
+/// Version 2 adds shared frames (several small chunks in one zstd frame,
+/// see `PackBlob::frame_raw`); a version 1 repository stays version 1 and is
+/// written without them, so older binaries can still read it.
+pub const FORMAT_VERSION: u32 = 2;
 const SNAPSHOT_MAGIC: &[u8; 8] = b"LBSNAP01";
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// Serialise a large repository object (index, manifest, pack trailer).
+/// Format 2 zstd-compresses it: chunk ids are 64 hex characters, and a
+/// page-cut base backup lists a quarter of a million of them.
+pub(crate) fn encode_json<T: Serialize>(version: u32, value: &T) -> Result<Vec<u8>> {
+    let json = serde_json::to_vec(value).map_err(|e| Error::Other(e.to_string()))?;
+    if version < 2 {
+        return Ok(json);
+    }
+    zstd::bulk::compress(&json, 3).map_err(|e| Error::Other(format!("zstd: {e}")))
+}
+
+/// Parse what [`encode_json`] wrote, in either format: JSON starts with
+/// `{`, never with zstd's magic number.
+pub(crate) fn decode_json<T: serde::de::DeserializeOwned>(what: &str, bytes: &[u8]) -> Result<T> {
+    let corrupt = |detail: String| Error::Corrupt { what: what.to_string(), detail };
+    if bytes.starts_with(&ZSTD_MAGIC) {
+        let json = zstd::stream::decode_all(bytes).map_err(|e| corrupt(format!("does not decompress: {e}")))?;
+        serde_json::from_slice(&json).map_err(|e| corrupt(e.to_string()))
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))
+    }
+}
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RepoConfig {
@@ -244,8 +271,7 @@ impl Repository {
             set.spawn(async move {
                 let ct = backend.get(&f.key).await?;
                 let pt = crypto::decrypt_one(&id, &f.key, &ct)?;
-                let file: IndexFile = serde_json::from_slice(&pt)
-                    .map_err(|e| Error::Corrupt { what: f.key.clone(), detail: e.to_string() })?;
+                let file: IndexFile = decode_json(&f.key, &pt)?;
                 Ok::<_, Error>((f.key, file))
             });
         }
@@ -257,7 +283,7 @@ impl Repository {
     }
 
     pub async fn write_index(&self, keys: &Keys, file: &IndexFile) -> Result<String> {
-        let pt = serde_json::to_vec(file).map_err(|e| Error::Other(e.to_string()))?;
+        let pt = encode_json(self.config.version, file)?;
         let ct = crypto::encrypt(&[keys.index_identity.to_public()], &pt)?;
         let key = format!("index/{}", hex::encode(rand::random::<[u8; 16]>()));
         self.backend.put_new(&key, Bytes::from(ct)).await?;
@@ -273,7 +299,7 @@ impl Repository {
     pub async fn write_manifest(&self, keys: &Keys, m: &Manifest) -> Result<()> {
         let meta = serde_json::to_vec(&SnapshotMeta::of(m)).map_err(|e| Error::Other(e.to_string()))?;
         let meta_ct = crypto::encrypt(&[keys.index_identity.to_public()], &meta)?;
-        let pt = serde_json::to_vec(m).map_err(|e| Error::Other(e.to_string()))?;
+        let pt = encode_json(self.config.version, m)?;
         let body = crypto::encrypt(&keys.recipients, &pt)?;
         let mut obj = Vec::with_capacity(12 + meta_ct.len() + body.len());
         obj.extend_from_slice(SNAPSHOT_MAGIC);
@@ -391,8 +417,7 @@ impl Repository {
         let ids = keys.identities("reading a snapshot")?;
         let (obj, len) = self.snapshot_object(id).await?;
         let pt = ids.decrypt(&format!("snapshot {id}"), &obj[12 + len..])?;
-        serde_json::from_slice(&pt)
-            .map_err(|e| Error::Corrupt { what: format!("snapshot {id}"), detail: e.to_string() })
+        decode_json(&format!("snapshot {id}"), &pt)
     }
 
     /// Every manifest, oldest first.

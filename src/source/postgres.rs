@@ -686,6 +686,23 @@ pub struct PitrOptions {
 
 /// Lay out a base backup, configure recovery from the WAL archive, and
 /// optionally start the server and wait until recovery has finished.
+/// The extractor, shared with restore's writer thread (which owns its
+/// `Write` until the stream ends).
+#[derive(Clone)]
+struct SharedExtractor(std::sync::Arc<std::sync::Mutex<Option<crate::tar::Extractor>>>);
+
+impl std::io::Write for SharedExtractor {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self.0.lock().ok().as_deref_mut().and_then(|x| x.as_mut()) {
+            Some(x) => x.write(buf),
+            None => Err(std::io::Error::other("extractor closed")),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 pub async fn restore_physical(
     repo: &Repository,
     keys: &Keys,
@@ -746,22 +763,16 @@ pub async fn restore_physical(
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(Error::Output)?;
     }
-    let mut tar = Command::new("tar");
-    tar.args(["-x", "-C"]).arg(dir).stdin(Stdio::piped()).stderr(Stdio::piped());
-    let mut child = tar.spawn().map_err(|e| Error::Other(format!("cannot run tar: {e}")))?;
-    let stdin = child.stdin.take().ok_or_else(|| Error::Other("no stdin pipe".into()))?;
-    crate::source::widen_pipe(&stdin);
-    let err = capture(child.stderr.take());
-    let r = restore_stream(repo, keys, index, &m.id, stream, stdin).await;
-    let status = wait(child, false).await?;
-    if !status.success() {
-        return Err(Error::Other(format!(
-            "tar failed with {}{}",
-            describe(status),
-            tail(&err.join().unwrap_or_default())
-        )));
-    }
-    r?;
+    // Extracted in-process: file data goes from the decoded runs to disk in
+    // one write each (see crate::tar), which shortens the RTO.
+    let extractor = SharedExtractor(std::sync::Arc::new(std::sync::Mutex::new(Some(crate::tar::Extractor::new(dir)))));
+    restore_stream(repo, keys, index, &m.id, stream, extractor.clone()).await?;
+    let done = extractor.0.lock().ok().and_then(|mut x| x.take());
+    let (files, bytes) = done
+        .ok_or_else(|| Error::Other("internal: the base backup extractor is gone".into()))?
+        .finish()
+        .map_err(|e| Error::Other(format!("base backup in snapshot {} does not extract: {e}", m.short_id())))?;
+    tracing::debug!(files, bytes, dir = %dir.display(), "base backup extracted");
 
     // Recovery settings: later lines in postgresql.auto.conf win.
     let q = |s: &str| s.replace('\'', "''");
