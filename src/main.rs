@@ -1039,11 +1039,19 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
                 serde_json::json!({"id": manifest.id, "result": r, "seconds": started.elapsed().as_secs_f64()})
             );
         } else {
+            // The split tells the engineer where an RTO goes.
+            let secs = |k: &str| r[k].as_f64().map(|s| format!("{s:.1} s")).unwrap_or_else(|| "?".into());
             eprintln!(
-                "restored base backup {} into {}; recovery {} (newest recoverable point {})",
+                "restored base backup {} into {} ({} files, extracted in {}); recovery {} (newest recoverable point {})",
                 manifest.short_id(),
                 dir.display(),
-                if a.start { "finished, server running" } else { "configured: start the server to recover" },
+                r["files"],
+                secs("extracted_in_secs"),
+                if a.start {
+                    format!("finished in {}, server running", secs("recovered_in_secs"))
+                } else {
+                    "configured: start the server to recover".into()
+                },
                 r["newest_recoverable"].as_str().unwrap_or("?")
             );
         }

@@ -172,7 +172,8 @@ pub struct JobSpec {
     #[serde(default)]
     pub pg_bin: Option<PathBuf>,
     /// Physical mode: cut data files into pages so later base backups store
-    /// only changed pages (default false: see docs/PERFORMANCE.md).
+    /// only changed pages (default true in format 2 repositories: see
+    /// docs/PERFORMANCE.md; false cuts by content, ~13 % smaller first backup).
     #[serde(default)]
     pub chunk_pages: Option<bool>,
     /// Continuous WAL archiving (`archive_command = 'lifeboat wal push …'`) is set up for this job.

@@ -628,7 +628,8 @@ runbook = "runbooks/database-failure.md"
 
 /// Updates spread over a table touch a fraction of its pages but every
 /// megabyte of its file: the second base backup must store only the changed
-/// pages (page-cut data files), not a new copy of the table.
+/// pages (page-cut data files, the default in a format 2 repository), not a
+/// new copy of the table.
 #[test]
 fn physical_second_backup_stores_only_changed_pages() {
     let f = Fixture::local();
@@ -646,7 +647,7 @@ fn physical_second_backup_stores_only_changed_pages() {
     assert!(table_bytes > 40 << 20, "{table_bytes}");
     let policy = write_policy(
         &f,
-        "[[job]]\nname = \"pages\"\nkind = \"postgres\"\nmode = \"physical\"\nurl = \"env:PAGES_URL\"\nwal_archiving = true\nchunk_pages = true\n",
+        "[[job]]\nname = \"pages\"\nkind = \"postgres\"\nmode = \"physical\"\nurl = \"env:PAGES_URL\"\nwal_archiving = true\n",
     );
     chown_postgres(f.dir.path());
     let url = format!("postgres://postgres@127.0.0.1:{}/postgres", primary.port);

@@ -153,6 +153,12 @@ impl BackupSession {
         })
     }
 
+    /// Whether small new chunks share compressed frames (repository format
+    /// 2 and later), which makes page-sized chunks cheap.
+    pub fn shared_frames(&self) -> bool {
+        self.repo.config.version >= 2
+    }
+
     /// Read `reader` to its end as one named stream of the snapshot.
     pub async fn add_stream<R: Read + Send + 'static>(&mut self, name: &str, reader: R) -> Result<&StreamManifest> {
         self.add_stream_with_layout(name, reader, chunker::Layout::Cdc).await

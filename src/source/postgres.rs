@@ -584,11 +584,15 @@ pub async fn current_fingerprint(conn: &str, db: &str, mode: RowCounts) -> Resul
     fingerprint(&c, mode, &[]).await
 }
 
-/// Physical backups cut data files by content unless the policy asks for
-/// pages: page chunks store far less after spread updates but make the first
-/// backup ~1.5x bigger and the restore (the RTO) ~1.5x slower (measured in
-/// docs/PERFORMANCE.md), so they are a choice per job, not the default.
-pub const DEFAULT_CHUNK_PAGES: bool = false;
+/// Whether a physical backup cuts data files into pages when the policy does
+/// not say: yes in a repository with shared frames (format 2), where a page
+/// chunk costs ~13 % more on the first backup and the next base backup after
+/// spread updates stores 0.64x what pgBackRest's incremental does (measured
+/// in docs/PERFORMANCE.md); no in a format 1 repository, where every page
+/// would be its own zstd frame (1.5x the first backup, a slower restore).
+pub fn default_chunk_pages(session: &BackupSession) -> bool {
+    session.shared_frames()
+}
 
 /// Physical backup: `pg_basebackup` of the whole cluster as one tar stream
 /// (WAL needed for consistency included), with its LSNs and timeline.
@@ -608,10 +612,10 @@ pub async fn backup_physical(
         .get(0);
     let archive_mode: String =
         admin.query_one("select current_setting('archive_mode')", &[]).await.map_err(sql_err)?.get(0);
-    // With chunk_pages, data files are cut into pages: a second base backup
-    // then stores only the pages that changed. (Sizing the cluster stats
+    // With pages (the default), data files are cut into pages: a second
+    // base backup then stores only the pages that changed. (Sizing the cluster stats
     // every file, so it is only done when pages are wanted.)
-    let layout = if opts.chunk_pages.unwrap_or(DEFAULT_CHUNK_PAGES) {
+    let layout = if opts.chunk_pages.unwrap_or_else(|| default_chunk_pages(session)) {
         let block_size: String =
             admin.query_one("select current_setting('block_size')", &[]).await.map_err(sql_err)?.get(0);
         let cluster_bytes: i64 = admin
@@ -765,6 +769,7 @@ pub async fn restore_physical(
     }
     // Extracted in-process: file data goes from the decoded runs to disk in
     // one write each (see crate::tar), which shortens the RTO.
+    let t_extract = std::time::Instant::now();
     let extractor = SharedExtractor(std::sync::Arc::new(std::sync::Mutex::new(Some(crate::tar::Extractor::new(dir)))));
     restore_stream(repo, keys, index, &m.id, stream, extractor.clone()).await?;
     let done = extractor.0.lock().ok().and_then(|mut x| x.take());
@@ -772,7 +777,8 @@ pub async fn restore_physical(
         .ok_or_else(|| Error::Other("internal: the base backup extractor is gone".into()))?
         .finish()
         .map_err(|e| Error::Other(format!("base backup in snapshot {} does not extract: {e}", m.short_id())))?;
-    tracing::debug!(files, bytes, dir = %dir.display(), "base backup extracted");
+    let extract_secs = t_extract.elapsed().as_secs_f64();
+    tracing::debug!(files, bytes, extract_secs, dir = %dir.display(), "base backup extracted");
 
     // Recovery settings: later lines in postgresql.auto.conf win.
     let q = |s: &str| s.replace('\'', "''");
@@ -806,6 +812,9 @@ pub async fn restore_physical(
         "target_lsn": o.lsn,
         "newest_recoverable": reachable,
         "wal_last_segment": reach.last_segment,
+        "extracted_in_secs": extract_secs,
+        "files": files,
+        "bytes": bytes,
     });
     if o.start {
         let major = src["server_major"].as_u64().unwrap_or(15) as u32;
