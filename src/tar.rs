@@ -115,6 +115,8 @@ pub struct Extractor {
     /// Directory modes applied at the end (a read-only directory would
     /// refuse the files that follow it).
     dirs: Vec<(PathBuf, u32)>,
+    /// Symbolic links created so far: nothing may be written through one.
+    links: Vec<PathBuf>,
     pub files: u64,
     pub bytes: u64,
 }
@@ -130,6 +132,7 @@ impl Extractor {
             state: State::Header,
             header: Vec::with_capacity(BLOCK),
             dirs: Vec::new(),
+            links: Vec::new(),
             files: 0,
             bytes: 0,
         }
@@ -140,7 +143,13 @@ impl Extractor {
         if p.components().any(|c| !matches!(c, Component::Normal(_) | Component::CurDir)) {
             return Err(bad(format!("tar entry {path:?} points outside the restore directory")));
         }
-        Ok(self.root.join(p))
+        let target = self.root.join(p);
+        if self.links.iter().any(|l| target.starts_with(l)) {
+            return Err(bad(format!(
+                "tar entry {path:?} would be written through a symbolic link (outside the restore directory)"
+            )));
+        }
+        Ok(target)
     }
 
     fn begin(&mut self, e: Entry) -> io::Result<()> {
@@ -166,6 +175,7 @@ impl Extractor {
                     fs::create_dir_all(parent)?;
                 }
                 std::os::unix::fs::symlink(&e.link, &path)?;
+                self.links.push(path);
                 data(None)
             }
             // pax/GNU metadata records: their data is skipped.
@@ -325,6 +335,9 @@ mod tests {
             fs::remove_dir_all(&d).unwrap();
         }
         let d = tmp();
+        let through = archive(&[("ts", b"", b'2', "/tmp"), ("ts/evil", b"x", b'0', "")]);
+        let err = Extractor::new(&d).write_all(&through).unwrap_err();
+        assert!(err.to_string().contains("through a symbolic link"), "{err}");
         let err = Extractor::new(&d).write_all(&[7u8; 1024]).unwrap_err();
         assert!(err.to_string().contains("not a valid tar"), "{err}");
         let a = archive(&[("f", &[1u8; 5000], b'0', "")]);
