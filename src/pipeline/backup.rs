@@ -271,7 +271,7 @@ impl BackupSession {
             let version = self.repo.config.version;
             let tx = self.pack_tx.clone().ok_or_else(|| Error::Other("session closed".into()))?;
             let sealed =
-                SealedPack { plaintext: seal_pack(version, p.body, &p.blobs), blobs: p.blobs, raw_bytes: p.raw_bytes };
+                SealedPack { plaintext: seal_pack(version, p.body, &p.blobs)?, blobs: p.blobs, raw_bytes: p.raw_bytes };
             if tx.send(sealed).await.is_err() {
                 // The uploader stopped early: its error explains why.
                 self.finish_uploads().await?;
@@ -558,7 +558,7 @@ fn pack_in_order(rx: Receiver<(u64, HashedBatch)>, st: &mut PackerState) -> Resu
                 if cur.body.len() >= st.pack_size {
                     let p = std::mem::replace(cur, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 });
                     let sealed = SealedPack {
-                        plaintext: seal_pack(st.version, p.body, &p.blobs),
+                        plaintext: seal_pack(st.version, p.body, &p.blobs)?,
                         blobs: p.blobs,
                         raw_bytes: p.raw_bytes,
                     };
@@ -678,20 +678,9 @@ mod tests {
 
     async fn restore(repo: &Repository, keys: &Keys, m: &Manifest) -> Vec<u8> {
         let index = repo.load_index(keys).await.unwrap();
-        let out = Arc::new(Mutex::new(Vec::new()));
-        struct Sink(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Sink {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        crate::pipeline::restore_stream(repo, keys, &index, &m.id, &m.streams[0], Sink(out.clone())).await.unwrap();
-        let v = out.lock().unwrap().clone();
-        v
+        let (_, out) =
+            crate::pipeline::restore_stream_into(repo, keys, &index, &m.id, &m.streams[0], Vec::new()).await.unwrap();
+        out
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

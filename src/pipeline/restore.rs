@@ -168,7 +168,7 @@ fn decode_run(run: &Run, pack: &[u8], dedup: &crate::crypto::DedupKey, buf: &mut
     DECODER.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
-            *cell = Some(BlobDecoder::new().map_err(|e| Error::Other(e))?);
+            *cell = Some(BlobDecoder::new().map_err(Error::Other)?);
         }
         let decoder = cell.as_mut().expect("just set");
         let mut pos = 0usize;
@@ -215,6 +215,20 @@ pub async fn restore_stream<W: Write + Send + 'static>(
     stream: &StreamManifest,
     out: W,
 ) -> Result<u64> {
+    restore_stream_into(repo, keys, index, snapshot, stream, out).await.map(|(n, _)| n)
+}
+
+/// Like [`restore_stream`], and hands `out` back afterwards (a buffer to
+/// read, an extractor to finish): the writer runs on its own thread
+/// meanwhile, so callers need not share it behind a lock.
+pub async fn restore_stream_into<W: Write + Send + 'static>(
+    repo: &Repository,
+    keys: &Keys,
+    index: &Index,
+    snapshot: &str,
+    stream: &StreamManifest,
+    out: W,
+) -> Result<(u64, W)> {
     keys.identities("restoring data")?;
     let runs = Arc::new(plan(snapshot, stream, index)?);
     let cache = PackCache::new(repo, keys);
@@ -234,7 +248,7 @@ pub async fn restore_stream<W: Write + Send + 'static>(
             writer_pool.give(buf, depth);
         }
         out.flush().map_err(Error::Output)?;
-        Ok::<u64, Error>(written)
+        Ok::<(u64, W), Error>((written, out))
     });
 
     let mut decoded = stream::iter(0..runs.len())
@@ -293,12 +307,12 @@ pub async fn restore_stream<W: Write + Send + 'static>(
     if let Some(e) = failure {
         return Err(e);
     }
-    let written = written?;
+    let (written, out) = written?;
     if written != stream.size {
         return Err(Error::Corrupt {
             what: format!("snapshot {snapshot} stream {}", stream.name),
             detail: format!("restored {written} bytes, the manifest says {}", stream.size),
         });
     }
-    Ok(written)
+    Ok((written, out))
 }

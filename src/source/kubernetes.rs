@@ -37,7 +37,7 @@ use serde_json::Value;
 use tracing::{debug, info, info_span, warn};
 
 use crate::error::{Error, Result};
-use crate::pipeline::{BackupSession, restore_stream};
+use crate::pipeline::{BackupSession, restore_stream_into};
 use crate::repo::{Index, Keys, Manifest, Repository};
 
 /// The one stream of a Kubernetes snapshot.
@@ -877,30 +877,8 @@ pub async fn read_plan(
         what: format!("snapshot {}", manifest.short_id()),
         detail: format!("it has no {STREAM} stream; is it a kubernetes snapshot?"),
     })?;
-    let buf = SharedBuf::default();
-    restore_stream(repo, keys, index, &manifest.id, stream, buf.clone()).await?;
-    let data = buf.take();
+    let (_, data) = restore_stream_into(repo, keys, index, &manifest.id, stream, Vec::new()).await?;
     Ok(plan_from_bytes(&data, filter))
-}
-
-/// A `Write` whose bytes the caller takes afterwards.
-#[derive(Clone, Default)]
-struct SharedBuf(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
-
-impl SharedBuf {
-    fn take(&self) -> Vec<u8> {
-        self.0.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default()
-    }
-}
-
-impl std::io::Write for SharedBuf {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().map_err(|_| std::io::Error::other("buffer poisoned"))?.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 // ---------------------------------------------------------------------------

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::chunker::Layout;
 use crate::error::{Error, Result};
-use crate::pipeline::{BackupSession, restore_stream};
+use crate::pipeline::{BackupSession, restore_stream, restore_stream_into};
 use crate::repo::{Index, Keys, Manifest, Repository};
 use crate::scratch::ScratchDir;
 use crate::source::{capture, describe, stream_process, tail, wait};
@@ -690,23 +690,6 @@ pub struct PitrOptions {
 
 /// Lay out a base backup, configure recovery from the WAL archive, and
 /// optionally start the server and wait until recovery has finished.
-/// The extractor, shared with restore's writer thread (which owns its
-/// `Write` until the stream ends).
-#[derive(Clone)]
-struct SharedExtractor(std::sync::Arc<std::sync::Mutex<Option<crate::tar::Extractor>>>);
-
-impl std::io::Write for SharedExtractor {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        match self.0.lock().ok().as_deref_mut().and_then(|x| x.as_mut()) {
-            Some(x) => x.write(buf),
-            None => Err(std::io::Error::other("extractor closed")),
-        }
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 pub async fn restore_physical(
     repo: &Repository,
     keys: &Keys,
@@ -770,11 +753,8 @@ pub async fn restore_physical(
     // Extracted in-process: file data goes from the decoded runs to disk in
     // one write each (see crate::tar), which shortens the RTO.
     let t_extract = std::time::Instant::now();
-    let extractor = SharedExtractor(std::sync::Arc::new(std::sync::Mutex::new(Some(crate::tar::Extractor::new(dir)))));
-    restore_stream(repo, keys, index, &m.id, stream, extractor.clone()).await?;
-    let done = extractor.0.lock().ok().and_then(|mut x| x.take());
-    let (files, bytes) = done
-        .ok_or_else(|| Error::Other("internal: the base backup extractor is gone".into()))?
+    let (_, extractor) = restore_stream_into(repo, keys, index, &m.id, stream, crate::tar::Extractor::new(dir)).await?;
+    let (files, bytes) = extractor
         .finish()
         .map_err(|e| Error::Other(format!("base backup in snapshot {} does not extract: {e}", m.short_id())))?;
     let extract_secs = t_extract.elapsed().as_secs_f64();
