@@ -267,6 +267,49 @@ fn bad_input_wrong_password_missing_database_old_pg_dump() {
     assert_eq!(before, tree_state(&f.repo_path()));
 }
 
+/// The benchmarks' dataset (scripts/gen-dataset) loads into the PostgreSQL 15
+/// the tests and benches run, as is: every COPY row arrives.
+#[test]
+fn gen_dataset_loads_into_postgres_15() {
+    let f = Fixture::local();
+    let dump = f.dir.path().join("gen.sql");
+    let made = Command::new(Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/gen-dataset"))
+        .args([dump.to_str().unwrap(), "--size-mib", "3", "--seed", "7"])
+        .output()
+        .unwrap();
+    assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
+    let text = std::fs::read_to_string(&dump).unwrap();
+    // Rows per table, counted from the COPY blocks of the file itself.
+    let mut expected = std::collections::BTreeMap::new();
+    let mut table: Option<String> = None;
+    for line in text.lines() {
+        match &table {
+            None if line.starts_with("COPY public.") => {
+                table = Some(line["COPY public.".len()..].split(' ').next().unwrap().to_string());
+            }
+            Some(t) if line == "\\." => {
+                assert!(expected.contains_key(t), "empty COPY block for {t}");
+                table = None;
+            }
+            Some(t) => *expected.entry(t.clone()).or_insert(0u64) += 1,
+            None => {}
+        }
+    }
+    assert_eq!(expected.keys().collect::<Vec<_>>(), ["customers", "events", "orders"]);
+
+    psql("postgres", "do $$ begin create role app; exception when duplicate_object then null; end $$");
+    let db = new_db("gen");
+    let out = Command::new(format!("{}/psql", pg_bin()))
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", &url_for(&db), "-f", dump.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "the dataset does not load: {}", String::from_utf8_lossy(&out.stderr));
+    for (t, n) in &expected {
+        assert_eq!(psql(&db, &format!("select count(*) from {t}")), n.to_string(), "rows of {t}");
+    }
+    psql("postgres", &format!("drop database {db}"));
+}
+
 #[test]
 fn wal_push_is_idempotent_and_refuses_a_different_segment() {
     let f = Fixture::local();
