@@ -90,6 +90,11 @@ enum Cmd {
     /// Remove snapshots according to the policy's retention rules.
     Forget(ForgetArgs),
     /// Delete data no snapshot references (takes the prune lock).
+    ///
+    /// Packs no kept snapshot uses go, and archived PostgreSQL WAL older than
+    /// the oldest kept base backup of its archive (a point-in-time restore can
+    /// never start before that backup). An archive with no kept base backup
+    /// is left whole. Run `forget` first; `--dry-run` shows what would go.
     Prune(PruneArgs),
     /// Copy what the replica repositories of a policy lack.
     Replicate(PolicyArgs),
@@ -1590,6 +1595,21 @@ async fn prune_cmd(a: PruneArgs, json: bool) -> Result<ExitCode> {
             human(r.bytes_reclaimable_by_repack),
             r.packs_locked
         );
+        if r.wal_files_deleted + r.wal_files_locked > 0 {
+            println!(
+                "WAL: {} file(s) older than every kept base backup {} ({}); {} under Object Lock kept",
+                r.wal_files_deleted,
+                if a.dry_run { "would go" } else { "deleted" },
+                human(r.wal_bytes_deleted),
+                r.wal_files_locked
+            );
+        }
+        if !r.wal_archives_without_base_backup.is_empty() {
+            println!(
+                "WAL archive(s) kept whole, no kept base backup says where replay starts: {}",
+                r.wal_archives_without_base_backup.join(", ")
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

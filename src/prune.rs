@@ -68,6 +68,15 @@ pub struct PruneReport {
     pub bytes_reclaimable_by_repack: u64,
     pub packs_locked: usize,
     pub index_files_rewritten: usize,
+    /// WAL retention: archived WAL files older than the oldest base backup
+    /// kept for their archive (see [`crate::source::wal::expired`]).
+    pub wal_files_deleted: usize,
+    pub wal_bytes_deleted: u64,
+    /// WAL files retention would delete but Object Lock still protects.
+    pub wal_files_locked: usize,
+    /// WAL archives left whole: no physical base backup of theirs is kept
+    /// (or one does not record its start), so nothing proves what is unneeded.
+    pub wal_archives_without_base_backup: Vec<String>,
     pub dry_run: bool,
 }
 
@@ -145,6 +154,7 @@ async fn prune_locked(repo: &Repository, keys: &Keys, grace: chrono::Duration, d
         }
     }
     report.unindexed_packs_deleted = orphans.len();
+    let wal = expired_wal(repo, &manifests, &mut report).await?;
     if dry_run {
         report.packs_deleted = deletable.len();
         report.bytes_deleted = deletable.iter().filter_map(|p| sizes.get(&repo::pack_key(p))).sum();
@@ -173,6 +183,59 @@ async fn prune_locked(repo: &Repository, keys: &Keys, grace: chrono::Duration, d
     for key in &orphans {
         repo.backend.delete(key).await?;
     }
+    // 3. WAL no kept base backup can replay (oldest first, so a crash
+    //    midway leaves a shorter archive, never one with a hole).
+    for key in &wal {
+        repo.backend.delete(key).await?;
+    }
     repo::lock::clear_stale(repo).await?;
     Ok(report)
+}
+
+/// The WAL objects that retention removes, oldest first; fills the WAL
+/// fields of `report` (counts as if deleted, as a dry run reports them).
+async fn expired_wal(repo: &Repository, manifests: &[repo::Manifest], report: &mut PruneReport) -> Result<Vec<String>> {
+    use crate::source::wal;
+    // Oldest kept start segment per archive; None when some physical
+    // backup of the archive does not know its start.
+    let mut oldest: HashMap<String, Option<String>> = HashMap::new();
+    for m in manifests {
+        let src = &m.source;
+        if m.kind != "postgres" || src["mode"] != "physical" {
+            continue;
+        }
+        let Some(archive) = src["wal_archive"].as_str() else { continue };
+        let start = src["start_segment"].as_str().filter(|s| s.len() == 24).map(str::to_string);
+        let entry = oldest.entry(archive.to_string()).or_insert_with(|| start.clone());
+        *entry = match (entry.take(), start) {
+            (Some(a), Some(b)) => Some(if b[8..] < a[8..] { b } else { a }),
+            _ => None,
+        };
+    }
+    let mut doomed: Vec<(String, String, u64)> = Vec::new(); // (position, key, size)
+    let mut archives: Vec<String> = Vec::new();
+    for o in repo.backend.list("wal/").await? {
+        let Some((archive, name)) = o.key.strip_prefix("wal/").and_then(|k| k.split_once('/')) else { continue };
+        match oldest.get(archive) {
+            Some(Some(start)) if wal::expired(name, start) => {
+                if repo.backend.locked_until(&o.key).await?.is_some() {
+                    report.wal_files_locked += 1;
+                } else {
+                    doomed.push((name[8..24].to_string(), o.key.clone(), o.size));
+                }
+            }
+            Some(Some(_)) => {}
+            _ => {
+                if !archives.iter().any(|a| a == archive) {
+                    archives.push(archive.to_string());
+                }
+            }
+        }
+    }
+    doomed.sort();
+    archives.sort();
+    report.wal_archives_without_base_backup = archives;
+    report.wal_files_deleted = doomed.len();
+    report.wal_bytes_deleted = doomed.iter().map(|d| d.2).sum();
+    Ok(doomed.into_iter().map(|d| d.1).collect())
 }

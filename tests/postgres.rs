@@ -716,6 +716,43 @@ fn physical_second_backup_stores_only_changed_pages() {
         new_raw < table_bytes / 2 && new_raw < read / 2,
         "second base backup stored {new_raw} new bytes of {read} read (table {table_bytes})"
     );
+
+    // WAL retention: once the first base backup is forgotten, prune deletes
+    // the WAL only it could replay and keeps everything from the second's
+    // start on (the restore below replays from there).
+    let start = source_of(&f, &second)["start_segment"].as_str().unwrap().to_string();
+    let wal_dir = f.repo_path().join("wal/pages");
+    let archived = || {
+        let mut names: Vec<String> =
+            std::fs::read_dir(&wal_dir).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into()).collect();
+        names.sort();
+        names
+    };
+    let before = archived();
+    let older: Vec<&String> = before.iter().filter(|n| n.len() >= 24 && n[8..24] < start[8..24]).collect();
+    assert!(!older.is_empty() && before.contains(&start), "start {start}, archived {before:?}");
+    let keep_one = write_policy(
+        &f,
+        "[[job]]\nname = \"pages\"\nkind = \"postgres\"\nmode = \"physical\"\nurl = \"env:PAGES_URL\"\nretention = { keep-last = 1 }\n",
+    );
+    ok(&run(&["forget", "--policy", &keep_one, "pages", "--write-key", f.wk()]));
+    let prune = |dry: bool| {
+        let mut args = vec!["--json", "prune", "--repo", &f.repo, "--identity", f.id()];
+        if dry {
+            args.push("--dry-run");
+        }
+        serde_json::from_str::<serde_json::Value>(&ok(&run(&args))).unwrap()
+    };
+    let dry = prune(true);
+    assert_eq!(dry["wal_files_deleted"].as_u64(), Some(older.len() as u64), "{dry:#}");
+    assert_eq!(archived(), before, "a dry run deletes nothing");
+    let done = prune(false);
+    assert_eq!(done["wal_files_deleted"].as_u64(), Some(older.len() as u64), "{done:#}");
+    let after = archived();
+    let expected: Vec<String> = before.iter().filter(|n| !older.contains(n)).cloned().collect();
+    assert_eq!(after, expected, "exactly the WAL before {start} goes");
+    chown_postgres(f.dir.path());
+
     // The page-cut snapshot restores and holds the updated rows.
     let restored = restore_and_start(&f, exe, &second, "pages-data", &[]);
     let got = restored.psql("select count(*), count(*) filter (where v like '%x'), sum(hashtext(v || pad)) from t");

@@ -211,6 +211,23 @@ pub fn reach(archived: &[WalHeader], start: &str, segment_size: u64) -> Reach {
     Reach { last_segment: last.map(|h| h.name.clone()), last_time: last.map(|h| h.pushed_at), gap }
 }
 
+/// WAL retention: is archived file `name` older than `oldest_start`, the
+/// start segment of the oldest base backup kept for its archive?
+///
+/// Timeline history files are always kept (small, and a restore on any
+/// timeline may need them). Segments, `.partial` segments and `.backup`
+/// labels compare by position (log and segment number, the last 16 hex
+/// digits) whatever their timeline, so a segment of an older timeline at or
+/// after the oldest backup's start stays: the backup may have been taken on
+/// that timeline before a promotion. An unparsable name is kept.
+pub fn expired(name: &str, oldest_start: &str) -> bool {
+    if name.ends_with(".history") || !valid_wal_name(name) || oldest_start.len() != 24 || !valid_wal_name(oldest_start)
+    {
+        return false;
+    }
+    name[8..24] < oldest_start[8..24]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -227,5 +244,30 @@ mod tests {
         assert_eq!(next_segment("0000000100000000000000FF", s).unwrap(), "000000010000000100000000");
         assert_eq!(segment_of(0x2000028, 1, s), "000000010000000000000002");
         assert_eq!(parse_lsn("1/2000028"), Some(0x1_0200_0028));
+    }
+
+    #[test]
+    fn wal_retention_keeps_everything_from_the_oldest_base_backup_on() {
+        let start = "000000020000000100000010";
+        // Before the start, on any timeline: gone.
+        assert!(expired("00000002000000010000000F", start));
+        assert!(expired("00000001000000000000FFFF", start));
+        assert!(expired("00000001000000010000000F.partial", start));
+        assert!(expired("00000002000000010000000F.00000028.backup", start));
+        // The start segment, later ones, older timelines at or past it, histories: kept.
+        for keep in [
+            "000000020000000100000010",
+            "000000020000000100000010.00000028.backup",
+            "000000010000000100000010",
+            "000000010000000100000011.partial",
+            "000000020000000200000000",
+            "00000002.history",
+            "00000001.history",
+            "not-a-wal-name",
+        ] {
+            assert!(!expired(keep, start), "{keep}");
+        }
+        // No known start (a backup without one): nothing expires.
+        assert!(!expired("000000010000000000000001", ""));
     }
 }
