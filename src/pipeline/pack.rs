@@ -27,20 +27,26 @@ pub fn seal_pack(version: u32, mut body: Vec<u8>, blobs: &[PackBlob]) -> crate::
 
 /// Decodes blobs out of decrypted packs into caller buffers with a reusable
 /// zstd context: restore decodes gigabytes, and a fresh buffer and context
-/// per chunk cost page faults and setup each time. The last shared frame
-/// (format 2) is kept, so the pages of one frame decompress once when they
-/// are read in order.
+/// per chunk cost page faults and setup each time. The last few shared
+/// frames (format 2) are kept, so each frame decompresses once even when a
+/// later snapshot interleaves its changed pages (new frames) with the
+/// unchanged pages around them (older frames).
 pub struct BlobDecoder {
     dctx: zstd::bulk::Decompressor<'static>,
-    frame: Vec<u8>,
-    /// (pack, offset) of the frame held in `frame`.
-    frame_at: Option<(ChunkId, u32)>,
+    /// Recently used frames, most recent last: ((pack, offset), content).
+    frames: Vec<((ChunkId, u32), Vec<u8>)>,
+    /// Shared frames decompressed so far (each costs up to 128 KiB of work).
+    pub frames_decompressed: u64,
 }
+
+/// Frames a decoder keeps: enough for the frames of a few backup
+/// generations at one spot of a file (at most 128 KiB each).
+const FRAMES_KEPT: usize = 8;
 
 impl BlobDecoder {
     pub fn new() -> Result<BlobDecoder, String> {
         let dctx = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?;
-        Ok(BlobDecoder { dctx, frame: Vec::new(), frame_at: None })
+        Ok(BlobDecoder { dctx, frames: Vec::new(), frames_decompressed: 0 })
     }
 
     /// Decode the blob at `loc` of `pack` (decrypted) into `out`, which is
@@ -69,27 +75,36 @@ impl BlobDecoder {
             }
         } else {
             let here = (loc.pack, loc.offset);
-            if self.frame_at != Some(here) {
-                self.frame_at = None;
-                self.frame.resize(loc.frame_raw as usize, 0);
-                let n = self
-                    .dctx
-                    .decompress_to_buffer(compressed, &mut self.frame[..])
-                    .map_err(|e| format!("blob {id:?} (shared frame) does not decompress: {e}"))?;
-                if n != self.frame.len() {
-                    return Err(format!(
-                        "blob {id:?}: its shared frame is {n} bytes, the index says {}",
-                        loc.frame_raw
-                    ));
+            match self.frames.iter().position(|(at, _)| *at == here) {
+                Some(i) => {
+                    let hit = self.frames.remove(i);
+                    self.frames.push(hit);
                 }
-                self.frame_at = Some(here);
+                None => {
+                    // Reuse the least recently used frame's buffer.
+                    let mut buf = if self.frames.len() >= FRAMES_KEPT { self.frames.remove(0).1 } else { Vec::new() };
+                    buf.resize(loc.frame_raw as usize, 0);
+                    let n = self
+                        .dctx
+                        .decompress_to_buffer(compressed, &mut buf[..])
+                        .map_err(|e| format!("blob {id:?} (shared frame) does not decompress: {e}"))?;
+                    if n != buf.len() {
+                        return Err(format!(
+                            "blob {id:?}: its shared frame is {n} bytes, the index says {}",
+                            loc.frame_raw
+                        ));
+                    }
+                    self.frames_decompressed += 1;
+                    self.frames.push((here, buf));
+                }
             }
+            let frame = &self.frames.last().expect("just pushed").1;
             let from = loc.skip as usize;
             let to = from + out.len();
-            if to > self.frame.len() {
+            if to > frame.len() {
                 return Err(format!("blob {id:?} lies outside its shared frame"));
             }
-            out.copy_from_slice(&self.frame[from..to]);
+            out.copy_from_slice(&frame[from..to]);
         }
         if key.chunk_id(out) != *id {
             return Err(format!("blob {id:?} content does not match its id"));
@@ -139,6 +154,39 @@ mod tests {
             d.decode_into(&pack, &locs[i].1, &locs[i].0, &key, &mut out).unwrap();
             assert_eq!(out, pages[i]);
         }
+        assert_eq!(d.frames_decompressed, 1);
+    }
+
+    /// A later snapshot's new pages (their own frame) interleaved with
+    /// unchanged pages of an older frame: each frame decompresses once.
+    #[test]
+    fn interleaved_frames_decompress_once_each() {
+        let (key, old_pack, old, old_pages) = framed();
+        let (_, mut new_pack, mut new, new_pages) = framed();
+        // The second frame: other pages of the same sizes, in another pack.
+        let new_pages: Vec<Vec<u8>> = new_pages.iter().map(|p| p.iter().rev().copied().collect()).collect();
+        let raw: Vec<u8> = new_pages.concat();
+        new_pack.truncate(2);
+        new_pack.extend_from_slice(&zstd::bulk::compress(&raw, 3).unwrap());
+        for (i, (id, loc)) in new.iter_mut().enumerate() {
+            *id = key.chunk_id(&new_pages[i]);
+            loc.pack = ChunkId([8; 32]);
+            loc.length = new_pack.len() as u32 - 2;
+        }
+        let mut d = BlobDecoder::new().unwrap();
+        for round in 0..3 {
+            for i in 0..3 {
+                let (pack, (id, loc), page) = if (i + round) % 2 == 0 {
+                    (&old_pack, &old[i], &old_pages[i])
+                } else {
+                    (&new_pack, &new[i], &new_pages[i])
+                };
+                let mut out = vec![0; page.len()];
+                d.decode_into(pack, loc, id, &key, &mut out).unwrap();
+                assert_eq!(&out, page);
+            }
+        }
+        assert_eq!(d.frames_decompressed, 2);
     }
 
     #[test]

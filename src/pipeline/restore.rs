@@ -5,10 +5,13 @@
 //! pack prefetch (2 packs ahead, background tasks) ──▶ run decoders (cores + 2 in flight) ──▶ writer thread
 //! ```
 //!
-//! A stream is planned as runs of consecutive chunks from one pack (at most
-//! [`RUN_LIMIT`] bytes each). Packs are fetched and decrypted ahead of the
-//! run that needs them, runs decode concurrently on blocking threads, and
-//! the writer gets them back in order. Output buffers go back to a small
+//! A stream is planned as runs of consecutive chunks (at most [`RUN_LIMIT`]
+//! bytes and [`RUN_PACKS`] packs each): a later snapshot interleaves its
+//! changed chunks with unchanged ones stored by earlier backups, and one
+//! run per pack switch would make thousands of tiny jobs, each
+//! decompressing a whole shared frame for one page. Packs are fetched and
+//! decrypted ahead of the run that needs them, runs decode concurrently on
+//! blocking threads, and the writer gets them back in order. Output buffers go back to a small
 //! pool once written, so a restore of gigabytes touches the same few
 //! buffers instead of faulting in fresh pages for every run.
 
@@ -27,11 +30,13 @@ use crate::repo::{self, BlobLocation, Index, Keys, Repository, StreamManifest};
 
 /// Largest plaintext one decode job produces; bounds memory per job.
 const RUN_LIMIT: u64 = 4 * 1024 * 1024;
+/// Distinct packs one run may need (the packs of a few backup generations).
+const RUN_PACKS: usize = 3;
 /// Distinct packs fetched ahead of the run being started.
 const PACKS_AHEAD: usize = 2;
-/// Decrypted packs kept: the prefetched ones plus the (at most two) that
-/// runs in flight are decoding from.
-const CACHE_PACKS: usize = PACKS_AHEAD + 2;
+/// Decrypted packs kept: the prefetched ones plus those the runs in flight
+/// are decoding from.
+const CACHE_PACKS: usize = PACKS_AHEAD + RUN_PACKS + 1;
 
 /// Decode jobs in flight: enough to keep every core busy while one job
 /// waits for its pack and the writer drains another.
@@ -162,9 +167,9 @@ thread_local! {
     static DECODER: std::cell::RefCell<Option<BlobDecoder>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Decode one run into `buf` (already sized to the run's raw length).
-fn decode_run(run: &Run, pack: &[u8], dedup: &crate::crypto::DedupKey, buf: &mut [u8]) -> Result<()> {
-    let corrupt = |detail: String| Error::CorruptPack { pack: run.pack.to_hex(), detail };
+/// Decode one run into `buf` (already sized to the run's raw length);
+/// `packs` holds the decrypted packs of `run.packs`, in that order.
+fn decode_run(run: &Run, packs: &[Arc<Vec<u8>>], dedup: &crate::crypto::DedupKey, buf: &mut [u8]) -> Result<()> {
     DECODER.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
@@ -174,7 +179,10 @@ fn decode_run(run: &Run, pack: &[u8], dedup: &crate::crypto::DedupKey, buf: &mut
         let mut pos = 0usize;
         for (id, loc) in &run.blobs {
             let end = pos + loc.raw_length as usize;
-            decoder.decode_into(pack, loc, id, dedup, &mut buf[pos..end]).map_err(corrupt)?;
+            let which = run.packs.iter().position(|p| *p == loc.pack).expect("plan lists every pack of a run");
+            decoder
+                .decode_into(&packs[which], loc, id, dedup, &mut buf[pos..end])
+                .map_err(|detail| Error::CorruptPack { pack: loc.pack.to_hex(), detail })?;
             pos = end;
         }
         Ok(())
@@ -182,25 +190,28 @@ fn decode_run(run: &Run, pack: &[u8], dedup: &crate::crypto::DedupKey, buf: &mut
 }
 
 struct Run {
-    pack: ChunkId,
+    /// Distinct packs of the run's chunks, in first-use order.
+    packs: Vec<ChunkId>,
     blobs: Vec<(ChunkId, BlobLocation)>,
+    raw: u64,
 }
 
 fn plan(snapshot: &str, stream: &StreamManifest, index: &Index) -> Result<Vec<Run>> {
     let mut runs: Vec<Run> = Vec::new();
-    let mut run_bytes = 0u64;
     for id in &stream.chunks {
         let loc =
             *index.get(id).ok_or_else(|| Error::MissingChunk { snapshot: snapshot.to_string(), chunk: id.to_hex() })?;
+        let len = loc.raw_length as u64;
+        let fits = |r: &Run| r.raw + len <= RUN_LIMIT && (r.packs.contains(&loc.pack) || r.packs.len() < RUN_PACKS);
         match runs.last_mut() {
-            Some(r) if r.pack == loc.pack && run_bytes + loc.raw_length as u64 <= RUN_LIMIT => {
+            Some(r) if fits(r) => {
+                if !r.packs.contains(&loc.pack) {
+                    r.packs.push(loc.pack);
+                }
                 r.blobs.push((*id, loc));
-                run_bytes += loc.raw_length as u64;
+                r.raw += len;
             }
-            _ => {
-                runs.push(Run { pack: loc.pack, blobs: vec![(*id, loc)] });
-                run_bytes = loc.raw_length as u64;
-            }
+            _ => runs.push(Run { packs: vec![loc.pack], blobs: vec![(*id, loc)], raw: len }),
         }
     }
     Ok(runs)
@@ -257,29 +268,31 @@ pub async fn restore_stream_into<W: Write + Send + 'static>(
             let dedup = dedup.clone();
             let runs = runs.clone();
             let pool = pool.clone();
-            // Starting run i: its pack first, then the next packs, so the
+            // Starting run i: its packs first, then the next packs, so the
             // LRU never evicts a pack that queued runs still need.
-            let own = cache.slot(runs[i].pack);
-            let mut ahead = 0;
-            let mut last = runs[i].pack;
+            let own: Vec<_> = runs[i].packs.iter().map(|p| cache.slot(*p)).collect();
+            let mut ahead: Vec<ChunkId> = Vec::new();
             // (A bounded look: a long run of one pack, e.g. a stream of zeros, is not rescanned.)
-            for r in runs[i + 1..].iter().take(64) {
-                if r.pack != last {
-                    cache.prefetch(r.pack);
-                    last = r.pack;
-                    ahead += 1;
-                    if ahead == PACKS_AHEAD {
-                        break;
+            'look: for r in runs[i + 1..].iter().take(64) {
+                for p in &r.packs {
+                    if !runs[i].packs.contains(p) && !ahead.contains(p) {
+                        cache.prefetch(*p);
+                        ahead.push(*p);
+                        if ahead.len() == PACKS_AHEAD {
+                            break 'look;
+                        }
                     }
                 }
             }
             async move {
-                let pack = PackCache::wait(own?).await?;
+                let mut packs = Vec::with_capacity(own.len());
+                for slot in own {
+                    packs.push(PackCache::wait(slot?).await?);
+                }
                 tokio::task::spawn_blocking(move || {
                     let run = &runs[i];
-                    let total: usize = run.blobs.iter().map(|(_, l)| l.raw_length as usize).sum();
-                    let mut buf = pool.take(total);
-                    decode_run(run, &pack, &dedup, &mut buf)?;
+                    let mut buf = pool.take(run.raw as usize);
+                    decode_run(run, &packs, &dedup, &mut buf)?;
                     Ok::<_, Error>(buf)
                 })
                 .await
@@ -315,4 +328,55 @@ pub async fn restore_stream_into<W: Write + Send + 'static>(
         });
     }
     Ok((written, out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream of 8 KiB pages whose pack, page by page, is `packs[i]`.
+    fn layout(packs: &[u8]) -> (StreamManifest, Index) {
+        let mut index = Index::default();
+        let mut chunks = Vec::new();
+        for (i, p) in packs.iter().enumerate() {
+            let id = ChunkId(Sha256::digest(i.to_le_bytes()).into());
+            let loc = BlobLocation {
+                pack: ChunkId([*p; 32]),
+                offset: i as u32 * 100,
+                length: 100,
+                raw_length: 8192,
+                frame_raw: 0,
+                skip: 0,
+            };
+            index.blobs.insert(id, loc);
+            chunks.push(id);
+        }
+        (StreamManifest { name: "base.tar".into(), size: packs.len() as u64 * 8192, chunks }, index)
+    }
+
+    #[test]
+    fn changed_pages_interleaved_with_old_ones_stay_in_few_runs() {
+        // A later base backup: every 5th page is new (pack 2), the rest old (pack 1).
+        let packs: Vec<u8> = (0..400).map(|i| if i % 5 == 0 { 2 } else { 1 }).collect();
+        let (stream, index) = layout(&packs);
+        let runs = plan("s", &stream, &index).unwrap();
+        assert_eq!(runs.len(), 1, "one run per pack switch would be {} runs", 160);
+        assert_eq!(runs[0].packs, vec![ChunkId([2; 32]), ChunkId([1; 32])]);
+        assert_eq!(runs[0].raw, 400 * 8192);
+        assert_eq!(runs[0].blobs.len(), 400);
+
+        // More packs than a run may hold at once, and the byte limit: split, in order.
+        let packs: Vec<u8> = (0..1000).map(|i| (i % 5) as u8).collect();
+        let (stream, index) = layout(&packs);
+        let runs = plan("s", &stream, &index).unwrap();
+        assert!(runs.iter().all(|r| r.packs.len() <= RUN_PACKS && r.raw <= RUN_LIMIT));
+        let order: Vec<ChunkId> = runs.iter().flat_map(|r| r.blobs.iter().map(|b| b.0)).collect();
+        assert_eq!(order, stream.chunks);
+        let (stream, index) = layout(&vec![7u8; 1500]);
+        let runs = plan("s", &stream, &index).unwrap();
+        assert_eq!(
+            runs.iter().map(|r| r.raw).collect::<Vec<_>>(),
+            vec![RUN_LIMIT, RUN_LIMIT, 1500 * 8192 - 2 * RUN_LIMIT]
+        );
+    }
 }
