@@ -318,3 +318,103 @@ pub fn tls_client_config() -> Result<rustls::ClientConfig, CryptoError> {
         .with_root_certificates(roots)
         .with_no_client_auth())
 }
+
+/// TLS client settings for PostgreSQL's `sslmode`s (libpq's meanings):
+/// `verify` checks the certificate chain against `root_cert` (a PEM bundle)
+/// or the system's roots; `check_name` (verify-full) also requires the
+/// certificate to name the host. Without `verify` (prefer, require) any
+/// certificate is accepted: the connection is encrypted, the peer unproven.
+pub fn pg_tls_config(
+    verify: bool,
+    check_name: bool,
+    root_cert: Option<&Path>,
+) -> Result<rustls::ClientConfig, CryptoError> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| CryptoError::Encrypt(format!("TLS setup: {e}")))?;
+    let mut roots = rustls::RootCertStore::empty();
+    match root_cert {
+        Some(path) => {
+            let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| CryptoError::Encrypt(format!("sslrootcert {}: {e}", path.display())))?;
+            let (added, _) = roots.add_parsable_certificates(certs);
+            if added == 0 {
+                return Err(CryptoError::Encrypt(format!(
+                    "sslrootcert {} holds no usable CA certificate (PEM expected)",
+                    path.display()
+                )));
+            }
+        }
+        None => {
+            for c in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(c);
+            }
+        }
+    }
+    let roots = std::sync::Arc::new(roots);
+    let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())
+        .build()
+        .map_err(|e| CryptoError::Encrypt(format!("TLS setup: {e}")))?;
+    let cfg = if verify && check_name {
+        builder.with_root_certificates(roots).with_no_client_auth()
+    } else {
+        let v = PgVerifier { inner: webpki, verify };
+        builder.dangerous().with_custom_certificate_verifier(std::sync::Arc::new(v)).with_no_client_auth()
+    };
+    Ok(cfg)
+}
+
+/// verify-ca (`verify`: chain checked, name not) and prefer/require
+/// (nothing checked); handshake signatures are always checked.
+#[derive(Debug)]
+struct PgVerifier {
+    inner: std::sync::Arc<rustls::client::WebPkiServerVerifier>,
+    verify: bool,
+}
+
+impl rustls::client::danger::ServerCertVerifier for PgVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &rustls::pki_types::CertificateDer<'_>,
+        intermediates: &[rustls::pki_types::CertificateDer<'_>],
+        server_name: &rustls::pki_types::ServerName<'_>,
+        ocsp: &[u8],
+        now: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        if !self.verify {
+            return Ok(rustls::client::danger::ServerCertVerified::assertion());
+        }
+        match self.inner.verify_server_cert(end_entity, intermediates, server_name, ocsp, now) {
+            Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::NotValidForName | rustls::CertificateError::NotValidForNameContext { .. },
+            )) => Ok(rustls::client::danger::ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
+}

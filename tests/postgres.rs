@@ -763,3 +763,119 @@ fn physical_second_backup_stores_only_changed_pages() {
     );
     assert!(got.starts_with("300000|1500|"), "{got}");
 }
+
+/// TLS to PostgreSQL: a server that rejects every unencrypted connection,
+/// whose certificate names `localhost` only. Backups and restores (the
+/// lifeboat connection and pg_dump/pg_restore alike) work with the modes
+/// that should pass and fail clearly, with nothing written, with the ones
+/// that should not.
+#[test]
+fn tls_to_postgres_is_verified_as_the_url_says_for_every_connection() {
+    let f = Fixture::local();
+    std::fs::set_permissions(f.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    let certs = f.dir.path().join("certs");
+    std::fs::create_dir(&certs).unwrap();
+    make_ca(&certs, "ca");
+    make_ca(&certs, "rogue");
+    make_leaf(
+        &certs,
+        "ca",
+        "server",
+        "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
+    );
+    std::fs::set_permissions(certs.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    chown_postgres(f.dir.path());
+
+    let data = f.dir.path().join("data");
+    let port = free_port();
+    let out = as_postgres(
+        &[&format!("{}/initdb", pg_bin()), "-D", data.to_str().unwrap(), "--auth=trust", "-U", "postgres"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
+    conf.push_str(&format!(
+        "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+        f.dir.path().display(),
+        certs.join("server.crt").display(),
+        certs.join("server.key").display()
+    ));
+    std::fs::write(data.join("postgresql.conf"), conf).unwrap();
+    std::fs::write(
+        data.join("pg_hba.conf"),
+        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
+    )
+    .unwrap();
+    let log = f.dir.path().join("pg.log");
+    let out = as_postgres(
+        &[&format!("{}/pg_ctl", pg_bin()), "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "start"],
+        &[],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let server = Cluster { dir: data, port };
+    server.psql("create table t (id int primary key, v text); insert into t select i, md5(i::text) from generate_series(1, 1234) i");
+
+    let policy = write_policy(&f, "[[job]]\nname = \"tls\"\nkind = \"postgres\"\nurl = \"env:U\"\n");
+    let ca = certs.join("ca.crt").display().to_string();
+    let rogue = certs.join("rogue.crt").display().to_string();
+    let url = |host: &str, q: &str| format!("postgres://postgres@{host}:{port}/postgres?{q}");
+    let rows_in = |id: &str| {
+        let src = source_of(&f, id);
+        let t = src["databases"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|d| d["tables"].as_array().unwrap().iter())
+            .find(|t| t["name"] == "t")
+            .cloned()
+            .unwrap_or_else(|| panic!("{src:#}"));
+        t["rows"].as_i64().unwrap()
+    };
+    let backup = |u: &str| {
+        let out = backup_job(&f, &policy, "tls", &[("U", u)]);
+        serde_json::from_str::<serde_json::Value>(&ok(&out)).unwrap()["id"].as_str().unwrap().to_string()
+    };
+
+    // Chain checked, name not (the certificate names localhost, we dial 127.0.0.1).
+    let id = backup(&url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={ca}")));
+    assert_eq!(rows_in(&id), 1234);
+    // Chain and name checked.
+    let id2 = backup(&url("localhost", &format!("sslmode=verify-full&sslrootcert={ca}")));
+    assert_eq!(rows_in(&id2), 1234);
+    // Encrypted, nothing checked (libpq's require).
+    backup(&url("127.0.0.1", "sslmode=require"));
+
+    // The ones that must fail, each with what to do, and nothing written.
+    let before = tree_state(&f.repo_path());
+    for (u, expect) in [
+        (url("127.0.0.1", &format!("sslmode=verify-full&sslrootcert={ca}")), "use sslmode=verify-ca"),
+        (url("127.0.0.1", &format!("sslmode=verify-ca&sslrootcert={rogue}")), "sslrootcert=FILE"),
+        (url("localhost", "sslmode=verify-full"), "sslrootcert=FILE"),
+        (url("127.0.0.1", "sslmode=disable"), "no encryption"),
+        (url("127.0.0.1", "sslmode=sometimes"), "invalid sslmode \"sometimes\""),
+    ] {
+        let out = backup_job(&f, &policy, "tls", &[("U", &u)]);
+        assert_eq!(out.status.code(), Some(1), "{u}: {}", stderr(&out));
+        assert!(stderr(&out).contains(expect), "{u}: {}", stderr(&out));
+    }
+    assert_eq!(before, tree_state(&f.repo_path()), "a refused connection wrote nothing");
+
+    // Restore over TLS too: lifeboat creates the database, pg_restore fills it.
+    let out = bin()
+        .args(["restore", "--repo", &f.repo, "--identity", f.id(), &id, "--database", "postgres", "--to", "env:T"])
+        .env("T", format!("postgres://postgres@127.0.0.1:{port}/copy?sslmode=verify-ca&sslrootcert={ca}"))
+        .output()
+        .unwrap();
+    ok(&out);
+    let copied = Command::new(format!("{}/psql", pg_bin()))
+        .args(["-X", "-t", "-A", "-h", f.dir.path().to_str().unwrap(), "-p", &port.to_string(), "-U", "postgres"])
+        .args(["-d", "copy", "-c", "select count(*), sum(hashtext(v)) from t"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&copied.stdout).trim(),
+        server.psql("select count(*), sum(hashtext(v)) from t"),
+        "{}",
+        String::from_utf8_lossy(&copied.stderr)
+    );
+}

@@ -37,8 +37,8 @@ pub struct PgOptions {
     pub row_counts: Option<RowCounts>,
     /// Physical mode: cut relation data files into pages (PostgreSQL's block
     /// size) so that a second base backup stores only the changed pages.
-    /// Default false: content-defined chunks (a smaller full backup and a
-    /// faster restore, larger later backups: see docs/PERFORMANCE.md).
+    /// Default true in a format 2 repository; false keeps content-defined
+    /// chunks (a smaller full backup, larger later ones: docs/PERFORMANCE.md).
     #[serde(default)]
     pub chunk_pages: Option<bool>,
     /// Directory holding pg_dump/pg_restore/pg_basebackup (default: the
@@ -67,6 +67,84 @@ pub enum RowCounts {
 #[derive(Clone)]
 pub struct PgTarget {
     cfg: tokio_postgres::Config,
+    tls: TlsMode,
+    /// `sslrootcert`: PEM file of the CA(s) that sign the server's certificate.
+    root_cert: Option<PathBuf>,
+}
+
+/// `sslmode`, with libpq's meanings. Without one in the URL: `disable` on
+/// loopback and unix sockets (TLS buys nothing there), `verify-full`
+/// everywhere else, so a backup never talks to an unverified server unless
+/// the URL says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TlsMode {
+    Disable,
+    /// TLS when the server offers it, certificate not checked.
+    Prefer,
+    /// TLS, certificate not checked (encryption against passive listeners only).
+    Require,
+    /// TLS, certificate signed by a trusted CA (any name).
+    VerifyCa,
+    /// TLS, trusted CA and the certificate names the host.
+    VerifyFull,
+}
+
+impl TlsMode {
+    fn parse(s: &str) -> Result<TlsMode> {
+        Ok(match s {
+            "disable" => TlsMode::Disable,
+            "allow" | "prefer" => TlsMode::Prefer,
+            "require" => TlsMode::Require,
+            "verify-ca" => TlsMode::VerifyCa,
+            "verify-full" => TlsMode::VerifyFull,
+            other => {
+                return Err(Error::Other(format!(
+                    "invalid sslmode {other:?} in the PostgreSQL connection string (disable, prefer, require, verify-ca, verify-full)"
+                )));
+            }
+        })
+    }
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::Disable => "disable",
+            TlsMode::Prefer => "prefer",
+            TlsMode::Require => "require",
+            TlsMode::VerifyCa => "verify-ca",
+            TlsMode::VerifyFull => "verify-full",
+        }
+    }
+}
+
+/// Take the TLS settings tokio-postgres does not know (`sslrootcert`, the
+/// verify modes) out of a URL or key=value connection string.
+fn split_tls_params(conn: &str) -> Result<(String, Option<String>, Option<String>)> {
+    let (mut mode, mut root) = (None, None);
+    if conn.starts_with("postgres://") || conn.starts_with("postgresql://") {
+        let Ok(mut url) = url::Url::parse(conn) else { return Ok((conn.to_string(), None, None)) };
+        let mut rest = Vec::new();
+        for (k, v) in url.query_pairs() {
+            match k.as_ref() {
+                "sslmode" => mode = Some(v.into_owned()),
+                "sslrootcert" => root = Some(v.into_owned()),
+                _ => rest.push((k.into_owned(), v.into_owned())),
+            }
+        }
+        if rest.is_empty() {
+            url.set_query(None);
+        } else {
+            url.query_pairs_mut().clear().extend_pairs(rest);
+        }
+        return Ok((url.to_string(), mode, root));
+    }
+    let mut kept = Vec::new();
+    for token in conn.split_whitespace() {
+        match token.split_once('=') {
+            Some(("sslmode", v)) => mode = Some(v.trim_matches('\'').to_string()),
+            Some(("sslrootcert", v)) => root = Some(v.trim_matches('\'').to_string()),
+            _ => kept.push(token),
+        }
+    }
+    Ok((kept.join(" "), mode, root))
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -99,10 +177,26 @@ pub fn redact(url: &str) -> String {
 
 impl PgTarget {
     pub fn parse(conn: &str) -> Result<PgTarget> {
-        let cfg: tokio_postgres::Config = conn
+        let (rest, mode, root) = split_tls_params(conn)?;
+        let cfg: tokio_postgres::Config = rest
             .parse()
             .map_err(|e| Error::Other(format!("invalid PostgreSQL connection string {}: {e}", redact(conn))))?;
-        Ok(PgTarget { cfg })
+        let mut t = PgTarget { cfg, tls: TlsMode::Disable, root_cert: root.map(PathBuf::from) };
+        t.tls = match mode {
+            Some(m) => TlsMode::parse(&m)?,
+            None if t.is_local() => TlsMode::Disable,
+            None => TlsMode::VerifyFull,
+        };
+        if let Some(r) = &t.root_cert {
+            if !r.is_file() {
+                return Err(Error::Other(format!("sslrootcert {} is not a readable file", r.display())));
+            }
+        }
+        Ok(t)
+    }
+
+    pub fn tls(&self) -> TlsMode {
+        self.tls
     }
 
     pub fn host(&self) -> String {
@@ -133,8 +227,7 @@ impl PgTarget {
             .or_else(|| self.cfg.get_dbname().map(str::to_string))
             .unwrap_or_else(|| "postgres".into());
         cfg.dbname(&dbname);
-        let res = if cfg.get_ssl_mode() == SslMode::Disable || self.is_local() {
-            // Loopback and sockets: TLS buys nothing; everything else prefers it.
+        let res = if self.tls == TlsMode::Disable {
             cfg.ssl_mode(SslMode::Disable);
             cfg.connect(tokio_postgres::NoTls).await.map(|(c, conn)| {
                 tokio::spawn(async move {
@@ -145,7 +238,13 @@ impl PgTarget {
                 c
             })
         } else {
-            cfg.connect(tls_connector()?).await.map(|(c, conn)| {
+            cfg.ssl_mode(if self.tls == TlsMode::Prefer { SslMode::Prefer } else { SslMode::Require });
+            let tls = crate::crypto::pg_tls_config(
+                self.tls != TlsMode::Prefer && self.tls != TlsMode::Require,
+                self.tls == TlsMode::VerifyFull,
+                self.root_cert.as_deref(),
+            )?;
+            cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await.map(|(c, conn)| {
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         warn!("postgres connection: {e}");
@@ -181,7 +280,26 @@ impl PgTarget {
                 while let Some(n) = cur.source() {
                     cur = n;
                 }
-                format!("cannot reach PostgreSQL at {at}: {cur}")
+                let msg = cur.to_string();
+                let hint = if msg.contains("not valid for name") {
+                    format!(
+                        " (sslmode {}): the server's certificate does not name this host; connect by a name it holds, or use sslmode=verify-ca to check the CA only",
+                        self.tls.as_str()
+                    )
+                } else if msg.contains("certificate") || msg.contains("UnknownIssuer") {
+                    format!(
+                        " (sslmode {}): name the CA that signs the server's certificate with sslrootcert=FILE in the URL, or use sslmode=require to encrypt without checking who answers",
+                        self.tls.as_str()
+                    )
+                } else if msg.contains("server does not support TLS") {
+                    format!(
+                        " (sslmode {}): enable ssl on the server, or add sslmode=disable to the URL to connect in plain text",
+                        self.tls.as_str()
+                    )
+                } else {
+                    String::new()
+                };
+                format!("cannot reach PostgreSQL at {at}: {msg}{hint}")
             }
         };
         Error::Source { source_name: "postgres".into(), detail }
@@ -198,12 +316,18 @@ impl PgTarget {
         if let Some(db) = db.or(self.cfg.get_dbname()) {
             vars.push(("PGDATABASE".into(), db.to_string()));
         }
-        let mode = match self.cfg.get_ssl_mode() {
-            SslMode::Disable => "disable",
-            SslMode::Require => "require",
-            _ => "prefer",
-        };
-        vars.push(("PGSSLMODE".into(), mode.into()));
+        vars.push(("PGSSLMODE".into(), self.tls.as_str().into()));
+        match &self.root_cert {
+            Some(r) => vars.push(("PGSSLROOTCERT".into(), r.display().to_string())),
+            // libpq 15 has no sslrootcert=system: hand it the system bundle.
+            None if matches!(self.tls, TlsMode::VerifyCa | TlsMode::VerifyFull) => {
+                let bundle = Path::new("/etc/ssl/certs/ca-certificates.crt");
+                if bundle.is_file() {
+                    vars.push(("PGSSLROOTCERT".into(), bundle.display().to_string()));
+                }
+            }
+            None => {}
+        }
         let mut passfile = None;
         if let Some(pw) = self.cfg.get_password() {
             let dir = ScratchDir::new("pgpass")?;
@@ -217,10 +341,6 @@ impl PgTarget {
         }
         Ok(ToolEnv { vars, _dir: passfile })
     }
-}
-
-fn tls_connector() -> Result<tokio_postgres_rustls::MakeRustlsConnect> {
-    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(crate::crypto::tls_client_config()?))
 }
 
 /// Connection environment for a child process; removes its PGPASSFILE when dropped.

@@ -343,3 +343,75 @@ pub fn psql(db: &str, sql: &str) -> String {
     assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
+
+// TLS certificates for the TLS tests (openssl from scripts/install-deps).
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl").args(args).current_dir(dir).output().expect("openssl must be installed");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A self-signed CA `name` (`name.crt`, `name.key` in `dir`).
+pub fn make_ca(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            &format!("/CN={name}"),
+        ],
+    );
+}
+
+/// A certificate `leaf` signed by CA `ca`; `ext` is its openssl extension file.
+pub fn make_leaf(dir: &Path, ca: &str, leaf: &str, ext: &str) {
+    std::fs::write(dir.join(format!("{leaf}.ext")), ext).unwrap();
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            &format!("{leaf}.key"),
+            "-out",
+            &format!("{leaf}.csr"),
+            "-subj",
+            &format!("/CN={leaf}"),
+        ],
+    );
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{leaf}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-out",
+            &format!("{leaf}.crt"),
+            "-days",
+            "2",
+            "-extfile",
+            &format!("{leaf}.ext"),
+        ],
+    );
+}
