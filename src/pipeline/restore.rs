@@ -177,13 +177,31 @@ fn decode_run(run: &Run, packs: &[Arc<Vec<u8>>], dedup: &crate::crypto::DedupKey
         }
         let decoder = cell.as_mut().expect("just set");
         let mut pos = 0usize;
-        for (id, loc) in &run.blobs {
-            let end = pos + loc.raw_length as usize;
+        let mut k = 0usize;
+        while k < run.blobs.len() {
+            let (id, loc) = &run.blobs[k];
             let which = run.packs.iter().position(|p| *p == loc.pack).expect("plan lists every pack of a run");
-            decoder
-                .decode_into(&packs[which], loc, id, dedup, &mut buf[pos..end])
-                .map_err(|detail| Error::CorruptPack { pack: loc.pack.to_hex(), detail })?;
+            let corrupt = |detail| Error::CorruptPack { pack: loc.pack.to_hex(), detail };
+            // The start of a shared frame whose chunks all follow in order:
+            // decompress it straight into the output.
+            if loc.frame_raw != 0 && loc.skip == 0 {
+                let count =
+                    run.blobs[k..].iter().take_while(|(_, l)| l.pack == loc.pack && l.offset == loc.offset).count();
+                let end = pos + loc.frame_raw as usize;
+                if end <= buf.len()
+                    && decoder
+                        .decode_frame_into(&packs[which], &run.blobs[k..k + count], dedup, &mut buf[pos..end])
+                        .map_err(corrupt)?
+                {
+                    pos = end;
+                    k += count;
+                    continue;
+                }
+            }
+            let end = pos + loc.raw_length as usize;
+            decoder.decode_into(&packs[which], loc, id, dedup, &mut buf[pos..end]).map_err(corrupt)?;
             pos = end;
+            k += 1;
         }
         Ok(())
     })
