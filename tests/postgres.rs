@@ -450,13 +450,12 @@ fn exe_for_postgres(f: &Fixture) -> String {
     dst.display().to_string()
 }
 
-/// A PostgreSQL cluster of the test's own (run as the postgres user) whose
-/// archive_command pushes WAL to the fixture's repository under `archive`.
-fn archiving_cluster(f: &Fixture, archive: &str) -> (Cluster, std::path::PathBuf) {
+/// A PostgreSQL cluster of the test's own (run as the postgres user, trust
+/// authentication, on a free port of 127.0.0.1) with `conf` appended to its
+/// postgresql.conf and, if given, `hba` as its pg_hba.conf.
+fn own_cluster(f: &Fixture, conf: &str, hba: Option<&str>) -> (Cluster, std::path::PathBuf) {
     std::fs::set_permissions(f.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     chown_postgres(f.dir.path());
-    let exe_path = exe_for_postgres(f);
-    let exe = exe_path.as_str();
     let data = f.dir.path().join("data");
     let port = free_port();
     let out = as_postgres(
@@ -464,15 +463,15 @@ fn archiving_cluster(f: &Fixture, archive: &str) -> (Cluster, std::path::PathBuf
         &[],
     );
     assert!(out.status.success(), "{}", stderr(&out));
-    let archive_cmd =
-        format!("LIFEBOAT_WRITE_KEY_FILE={} {exe} wal push --repo {} --archive {archive} %p", f.wk(), f.repo);
-    let conf = format!(
-        "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nwal_level = replica\narchive_mode = on\narchive_command = '{archive_cmd}'\nmax_wal_senders = 4\n",
-        f.dir.path().display()
-    );
     let mut c = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
-    c.push_str(&conf);
+    c.push_str(&format!(
+        "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\n{conf}",
+        f.dir.path().display()
+    ));
     std::fs::write(data.join("postgresql.conf"), c).unwrap();
+    if let Some(hba) = hba {
+        std::fs::write(data.join("pg_hba.conf"), hba).unwrap();
+    }
     let log = f.dir.path().join("pg.log");
     let out = as_postgres(
         &[&format!("{}/pg_ctl", pg_bin()), "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "start"],
@@ -480,6 +479,19 @@ fn archiving_cluster(f: &Fixture, archive: &str) -> (Cluster, std::path::PathBuf
     );
     assert!(out.status.success(), "{}", stderr(&out));
     (Cluster { dir: data, port }, log)
+}
+
+/// A cluster of the test's own whose archive_command pushes WAL to the
+/// fixture's repository under `archive`.
+fn archiving_cluster(f: &Fixture, archive: &str) -> (Cluster, std::path::PathBuf) {
+    let exe = exe_for_postgres(f);
+    let archive_cmd =
+        format!("LIFEBOAT_WRITE_KEY_FILE={} {exe} wal push --repo {} --archive {archive} %p", f.wk(), f.repo);
+    own_cluster(
+        f,
+        &format!("wal_level = replica\narchive_mode = on\narchive_command = '{archive_cmd}'\nmax_wal_senders = 4\n"),
+        None,
+    )
 }
 
 impl Drop for Cluster {
@@ -772,7 +784,6 @@ fn physical_second_backup_stores_only_changed_pages() {
 #[test]
 fn tls_to_postgres_is_verified_as_the_url_says_for_every_connection() {
     let f = Fixture::local();
-    std::fs::set_permissions(f.dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
     let certs = f.dir.path().join("certs");
     std::fs::create_dir(&certs).unwrap();
     make_ca(&certs, "ca");
@@ -784,35 +795,16 @@ fn tls_to_postgres_is_verified_as_the_url_says_for_every_connection() {
         "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\n",
     );
     std::fs::set_permissions(certs.join("server.key"), std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    chown_postgres(f.dir.path());
-
-    let data = f.dir.path().join("data");
-    let port = free_port();
-    let out = as_postgres(
-        &[&format!("{}/initdb", pg_bin()), "-D", data.to_str().unwrap(), "--auth=trust", "-U", "postgres"],
-        &[],
+    let (server, _log) = own_cluster(
+        &f,
+        &format!(
+            "ssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
+            certs.join("server.crt").display(),
+            certs.join("server.key").display()
+        ),
+        Some("local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n"),
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let mut conf = std::fs::read_to_string(data.join("postgresql.conf")).unwrap();
-    conf.push_str(&format!(
-        "port = {port}\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = '{}'\nssl = on\nssl_cert_file = '{}'\nssl_key_file = '{}'\n",
-        f.dir.path().display(),
-        certs.join("server.crt").display(),
-        certs.join("server.key").display()
-    ));
-    std::fs::write(data.join("postgresql.conf"), conf).unwrap();
-    std::fs::write(
-        data.join("pg_hba.conf"),
-        "local all all trust\nhostssl all all 127.0.0.1/32 trust\nhostnossl all all 127.0.0.1/32 reject\n",
-    )
-    .unwrap();
-    let log = f.dir.path().join("pg.log");
-    let out = as_postgres(
-        &[&format!("{}/pg_ctl", pg_bin()), "-D", data.to_str().unwrap(), "-l", log.to_str().unwrap(), "-w", "start"],
-        &[],
-    );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let server = Cluster { dir: data, port };
+    let port = server.port;
     server.psql("create table t (id int primary key, v text); insert into t select i, md5(i::text) from generate_series(1, 1234) i");
 
     let policy = write_policy(&f, "[[job]]\nname = \"tls\"\nkind = \"postgres\"\nurl = \"env:U\"\n");
