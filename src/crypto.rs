@@ -307,16 +307,22 @@ mod tests {
 /// TLS client settings shared by every network source: the system's root
 /// certificates, rustls with the ring provider, safe protocol versions.
 pub fn tls_client_config() -> Result<rustls::ClientConfig, CryptoError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(c);
-    }
+    let roots = native_roots();
     let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
     Ok(rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| CryptoError::Encrypt(format!("TLS setup: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// The system's trusted CA certificates (unparsable ones skipped).
+fn native_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(c);
+    }
+    roots
 }
 
 /// TLS client settings for PostgreSQL's `sslmode`s (libpq's meanings):
@@ -349,11 +355,7 @@ pub fn pg_tls_config(
                 )));
             }
         }
-        None => {
-            for c in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(c);
-            }
-        }
+        None => roots = native_roots(),
     }
     let roots = std::sync::Arc::new(roots);
     let webpki = rustls::client::WebPkiServerVerifier::builder_with_provider(roots.clone(), provider.clone())

@@ -49,6 +49,25 @@ impl BlobDecoder {
         Ok(BlobDecoder { dctx, frames: Vec::new(), frames_decompressed: 0 })
     }
 
+    /// Decompress the shared frame of `loc` into `out` (its `frame_raw` bytes).
+    fn decompress_frame(
+        &mut self,
+        compressed: &[u8],
+        loc: &BlobLocation,
+        id: &ChunkId,
+        out: &mut [u8],
+    ) -> Result<(), String> {
+        let n = self
+            .dctx
+            .decompress_to_buffer(compressed, out)
+            .map_err(|e| format!("blob {id:?} (shared frame) does not decompress: {e}"))?;
+        if n != out.len() {
+            return Err(format!("blob {id:?}: its shared frame is {n} bytes, the index says {}", loc.frame_raw));
+        }
+        self.frames_decompressed += 1;
+        Ok(())
+    }
+
     /// Decode a whole shared frame straight into `out` when `blobs` are
     /// exactly its chunks in order (how a restore reads a backup's own new
     /// chunks), checking each chunk's keyed hash in place: no copy out of a
@@ -72,21 +91,7 @@ impl BlobDecoder {
         if skip != first.frame_raw || out.len() != skip as usize {
             return Ok(false);
         }
-        let start = first.offset as usize;
-        let end = start + first.length as usize;
-        if end > pack.len() {
-            return Err(format!("blob {first_id:?} at {start}..{end} lies outside the pack ({} bytes)", pack.len()));
-        }
-        let n = self
-            .dctx
-            .decompress_to_buffer(&pack[start..end], out)
-            .map_err(|e| format!("blob {first_id:?} (shared frame) does not decompress: {e}"))?;
-        if n != out.len() {
-            return Err(format!(
-                "blob {first_id:?}: its shared frame is {n} bytes, the index says {}",
-                first.frame_raw
-            ));
-        }
+        self.decompress_frame(stored(pack, first, first_id)?, first, first_id, out)?;
         let mut at = 0usize;
         for (id, l) in blobs {
             let page = &out[at..at + l.raw_length as usize];
@@ -108,12 +113,7 @@ impl BlobDecoder {
         key: &DedupKey,
         out: &mut [u8],
     ) -> Result<(), String> {
-        let start = loc.offset as usize;
-        let end = start + loc.length as usize;
-        if end > pack.len() {
-            return Err(format!("blob {id:?} at {start}..{end} lies outside the pack ({} bytes)", pack.len()));
-        }
-        let compressed = &pack[start..end];
+        let compressed = stored(pack, loc, id)?;
         if loc.frame_raw == 0 {
             let n = self
                 .dctx
@@ -133,17 +133,7 @@ impl BlobDecoder {
                     // Reuse the least recently used frame's buffer.
                     let mut buf = if self.frames.len() >= FRAMES_KEPT { self.frames.remove(0).1 } else { Vec::new() };
                     buf.resize(loc.frame_raw as usize, 0);
-                    let n = self
-                        .dctx
-                        .decompress_to_buffer(compressed, &mut buf[..])
-                        .map_err(|e| format!("blob {id:?} (shared frame) does not decompress: {e}"))?;
-                    if n != buf.len() {
-                        return Err(format!(
-                            "blob {id:?}: its shared frame is {n} bytes, the index says {}",
-                            loc.frame_raw
-                        ));
-                    }
-                    self.frames_decompressed += 1;
+                    self.decompress_frame(compressed, loc, id, &mut buf)?;
                     self.frames.push((here, buf));
                 }
             }
@@ -160,6 +150,14 @@ impl BlobDecoder {
         }
         Ok(())
     }
+}
+
+/// The stored (compressed) bytes of `loc` in a decrypted pack.
+fn stored<'a>(pack: &'a [u8], loc: &BlobLocation, id: &ChunkId) -> Result<&'a [u8], String> {
+    let start = loc.offset as usize;
+    let end = start + loc.length as usize;
+    pack.get(start..end)
+        .ok_or_else(|| format!("blob {id:?} at {start}..{end} lies outside the pack ({} bytes)", pack.len()))
 }
 
 #[cfg(test)]

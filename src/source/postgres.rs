@@ -227,32 +227,25 @@ impl PgTarget {
             .or_else(|| self.cfg.get_dbname().map(str::to_string))
             .unwrap_or_else(|| "postgres".into());
         cfg.dbname(&dbname);
+        use futures::FutureExt;
+        // The connection's driver runs as its own task; both arms box it.
         let res = if self.tls == TlsMode::Disable {
             cfg.ssl_mode(SslMode::Disable);
-            cfg.connect(tokio_postgres::NoTls).await.map(|(c, conn)| {
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        warn!("postgres connection: {e}");
-                    }
-                });
-                c
-            })
+            cfg.connect(tokio_postgres::NoTls).await.map(|(c, conn)| (c, conn.boxed()))
         } else {
             cfg.ssl_mode(if self.tls == TlsMode::Prefer { SslMode::Prefer } else { SslMode::Require });
-            let tls = crate::crypto::pg_tls_config(
-                self.tls != TlsMode::Prefer && self.tls != TlsMode::Require,
-                self.tls == TlsMode::VerifyFull,
-                self.root_cert.as_deref(),
-            )?;
-            cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await.map(|(c, conn)| {
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        warn!("postgres connection: {e}");
-                    }
-                });
-                c
-            })
+            let verify = matches!(self.tls, TlsMode::VerifyCa | TlsMode::VerifyFull);
+            let tls = crate::crypto::pg_tls_config(verify, self.tls == TlsMode::VerifyFull, self.root_cert.as_deref())?;
+            cfg.connect(tokio_postgres_rustls::MakeRustlsConnect::new(tls)).await.map(|(c, conn)| (c, conn.boxed()))
         };
+        let res = res.map(|(c, driver)| {
+            tokio::spawn(async move {
+                if let Err(e) = driver.await {
+                    warn!("postgres connection: {e}");
+                }
+            });
+            c
+        });
         res.map_err(|e| self.connect_error(&dbname, e))
     }
 
