@@ -47,16 +47,81 @@ pub enum CryptoError {
 }
 
 /// 32-byte keyed hash of a chunk's plaintext.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct ChunkId(pub [u8; 32]);
+
+/// Ids are HMAC or SHA-256 outputs, uniformly random: 8 of their bytes are
+/// as good a hash as all 32 (equality still compares all 32). Restore
+/// builds and probes maps of a few hundred thousand ids before its first
+/// byte, so this is on the RTO.
+impl std::hash::Hash for ChunkId {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(u64::from_le_bytes([
+            self.0[0], self.0[1], self.0[2], self.0[3], self.0[4], self.0[5], self.0[6], self.0[7],
+        ]));
+    }
+}
+
+/// A hasher for maps keyed by [`ChunkId`]: takes the id's 8 bytes as they
+/// are (an attacker cannot choose ids without the repository secret, and
+/// pack ids are hashes of what was stored).
+#[derive(Default, Clone, Copy)]
+pub struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        // Not used by ChunkId's Hash; a correct fallback for anything else.
+        for &b in bytes {
+            self.0 = (self.0.rotate_left(8) ^ b as u64).wrapping_mul(0x100_0000_01b3);
+        }
+    }
+    fn write_u64(&mut self, v: u64) {
+        self.0 = v;
+    }
+}
+
+/// A map keyed by chunk or pack id.
+pub type IdMap<V> = std::collections::HashMap<ChunkId, V, std::hash::BuildHasherDefault<IdHasher>>;
+
+/// Hex digit values; 0xff marks a non-digit.
+const HEX: [u8; 256] = {
+    let mut t = [0xffu8; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 impl ChunkId {
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
+    /// Parse 64 hex digits (a table lookup per digit: an index holds
+    /// hundreds of thousands of ids, parsed before a restore can start).
     pub fn from_hex(s: &str) -> Option<Self> {
+        let s = s.as_bytes();
+        if s.len() != 64 {
+            return None;
+        }
         let mut b = [0u8; 32];
-        hex::decode_to_slice(s, &mut b).ok()?;
+        for (i, pair) in s.chunks_exact(2).enumerate() {
+            let (hi, lo) = (HEX[pair[0] as usize], HEX[pair[1] as usize]);
+            if (hi | lo) & 0xf0 != 0 {
+                return None;
+            }
+            b[i] = hi << 4 | lo;
+        }
         Some(ChunkId(b))
     }
 }
@@ -279,6 +344,22 @@ pub fn write_secret_file(path: &Path, contents: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_ids_parse_from_hex_exactly() {
+        for _ in 0..100 {
+            let id = ChunkId(rand::random());
+            assert_eq!(ChunkId::from_hex(&id.to_hex()), Some(id));
+            assert_eq!(ChunkId::from_hex(&id.to_hex().to_uppercase()), Some(id));
+        }
+        let good = "0123456789abcdef".repeat(4);
+        assert!(ChunkId::from_hex(&good).is_some());
+        for bad in [&good[1..], &format!("{good}0"), &good.replacen('a', "g", 1), &good.replacen('0', " ", 1), ""] {
+            assert_eq!(ChunkId::from_hex(bad), None, "{bad:?}");
+        }
+        // Non-ASCII: never a digit, never a panic.
+        assert_eq!(ChunkId::from_hex(&format!("é{}", &good[2..])), None);
+    }
 
     #[test]
     fn roundtrip_and_wrong_key() {

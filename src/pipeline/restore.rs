@@ -248,8 +248,8 @@ pub async fn restore_stream<W: Write + Send + 'static>(
 }
 
 /// Like [`restore_stream`], and hands `out` back afterwards (a buffer to
-/// read, an extractor to finish): the writer runs on its own thread
-/// meanwhile, so callers need not share it behind a lock.
+/// read): the writer runs on its own thread meanwhile, so callers need not
+/// share it behind a lock.
 pub async fn restore_stream_into<W: Write + Send + 'static>(
     repo: &Repository,
     keys: &Keys,
@@ -258,6 +258,47 @@ pub async fn restore_stream_into<W: Write + Send + 'static>(
     stream: &StreamManifest,
     out: W,
 ) -> Result<(u64, W)> {
+    let (n, sink) = restore_stream_to(repo, keys, index, snapshot, stream, WriteSink(out)).await?;
+    Ok((n, sink.0))
+}
+
+/// Hands a decoded buffer back to the restore for the next runs.
+pub type Recycle = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
+
+/// Where a restore's decoded bytes go, one buffer (a run of up to a few
+/// MiB) at a time, in stream order. Any `Write` is one; a sink that owns the
+/// buffers can write them on other threads (see crate::tar::Extractor).
+pub trait Sink: Send + 'static {
+    /// Take the next buffer; pass it to `recycle` once done with it.
+    fn put(&mut self, buf: Vec<u8>, recycle: &Recycle) -> std::io::Result<()>;
+    /// Every byte put is written (flushed, or its writer threads done).
+    fn end(&mut self) -> std::io::Result<()>;
+}
+
+struct WriteSink<W>(W);
+
+impl<W: Write + Send + 'static> Sink for WriteSink<W> {
+    fn put(&mut self, buf: Vec<u8>, recycle: &Recycle) -> std::io::Result<()> {
+        self.0.write_all(&buf)?;
+        recycle(buf);
+        Ok(())
+    }
+
+    fn end(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
+}
+
+/// Restore one stream of a snapshot into a [`Sink`], which is handed back
+/// afterwards (an extractor to finish).
+pub async fn restore_stream_to<S: Sink>(
+    repo: &Repository,
+    keys: &Keys,
+    index: &Index,
+    snapshot: &str,
+    stream: &StreamManifest,
+    out: S,
+) -> Result<(u64, S)> {
     keys.identities("restoring data")?;
     let runs = Arc::new(plan(snapshot, stream, index)?);
     let cache = PackCache::new(repo, keys);
@@ -268,16 +309,16 @@ pub async fn restore_stream_into<W: Write + Send + 'static>(
     // The writer runs on its own thread: output may be a slow pipe or disk.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let writer_pool = pool.clone();
+    let recycle: Recycle = Arc::new(move |buf| writer_pool.give(buf, depth));
     let writer = tokio::task::spawn_blocking(move || {
         let mut out = out;
         let mut written = 0u64;
         while let Some(buf) = rx.blocking_recv() {
-            out.write_all(&buf).map_err(Error::Output)?;
             written += buf.len() as u64;
-            writer_pool.give(buf, depth);
+            out.put(buf, &recycle).map_err(Error::Output)?;
         }
-        out.flush().map_err(Error::Output)?;
-        Ok::<(u64, W), Error>((written, out))
+        out.end().map_err(Error::Output)?;
+        Ok::<(u64, S), Error>((written, out))
     });
 
     let mut decoded = stream::iter(0..runs.len())

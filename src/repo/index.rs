@@ -1,10 +1,8 @@
 //! The chunk index: which pack holds each chunk, at which offset.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::ChunkId;
+use crate::crypto::{ChunkId, IdMap};
 
 /// One index object (`index/<id>`): the packs one backup session wrote.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -81,13 +79,14 @@ impl BlobLocation {
 
 #[derive(Debug, Default, Clone)]
 pub struct Index {
-    pub blobs: HashMap<ChunkId, BlobLocation>,
+    pub blobs: IdMap<BlobLocation>,
     /// Pack id -> (stored size, index object that lists it).
-    pub packs: HashMap<ChunkId, (u64, String)>,
+    pub packs: IdMap<(u64, String)>,
 }
 
 impl Index {
     pub fn add_file(&mut self, source: &str, file: IndexFile) {
+        self.blobs.reserve(file.packs.iter().map(|p| p.blobs.len()).sum());
         for p in file.packs {
             self.add_pack(source, &p);
         }

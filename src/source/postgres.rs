@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::chunker::Layout;
 use crate::error::{Error, Result};
-use crate::pipeline::{BackupSession, restore_stream, restore_stream_into};
+use crate::pipeline::{BackupSession, restore_stream, restore_stream_to};
 use crate::repo::{Index, Keys, Manifest, Repository};
 use crate::scratch::ScratchDir;
 use crate::source::{capture, describe, stream_process, tail, wait};
@@ -864,9 +864,10 @@ pub async fn restore_physical(
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(Error::Output)?;
     }
     // Extracted in-process: file data goes from the decoded runs to disk in
-    // one write each (see crate::tar), which shortens the RTO.
+    // one write per file piece, on writer threads (see crate::tar), which
+    // shortens the RTO.
     let t_extract = std::time::Instant::now();
-    let (_, extractor) = restore_stream_into(repo, keys, index, &m.id, stream, crate::tar::Extractor::new(dir)).await?;
+    let (_, extractor) = restore_stream_to(repo, keys, index, &m.id, stream, crate::tar::Extractor::new(dir)).await?;
     let (files, bytes) = extractor
         .finish()
         .map_err(|e| Error::Other(format!("base backup in snapshot {} does not extract: {e}", m.short_id())))?;
