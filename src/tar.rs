@@ -147,31 +147,48 @@ struct Job {
 }
 
 struct Writers {
-    tx: Option<SyncSender<Job>>,
+    /// One queue per writer thread.
+    txs: Vec<SyncSender<Job>>,
     threads: Vec<JoinHandle<()>>,
+    /// The writer that got the last job, and the file that job began with.
+    current: usize,
+    last_file: usize,
     /// The first write error of any writer thread.
     failed: Arc<Mutex<Option<io::Error>>>,
 }
 
-/// Writer threads: two keep a 2-core machine's second core busy with the
-/// page-cache copy while the other decodes; more rarely help a local disk.
+/// Writer threads. A file's consecutive pieces go to one writer: the kernel
+/// serialises writes to one file (its inode lock), so two threads on one
+/// file would only spin. The next file goes to the next writer, so a file's
+/// last pieces and the next file's first ones are written side by side.
 const WRITERS: usize = 2;
 
 impl Writers {
     fn start() -> io::Result<Writers> {
-        let (tx, rx) = sync_channel::<Job>(WRITERS);
-        let rx = Arc::new(Mutex::new(rx));
         let failed = Arc::new(Mutex::new(None));
-        let mut threads = Vec::new();
+        let (mut txs, mut threads) = (Vec::new(), Vec::new());
         for i in 0..WRITERS {
-            let (rx, failed) = (rx.clone(), failed.clone());
+            let (tx, rx) = sync_channel::<Job>(2);
+            let failed = failed.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("lifeboat-extract-{i}"))
                     .spawn(move || write_jobs(&rx, &failed))?,
             );
+            txs.push(tx);
         }
-        Ok(Writers { tx: Some(tx), threads, failed })
+        Ok(Writers { txs, threads, current: 0, last_file: 0, failed })
+    }
+
+    /// Queue a job (waits while its writer is busy: bounded memory).
+    fn send(&mut self, job: Job) -> io::Result<()> {
+        let file = Arc::as_ptr(&job.pieces[0].file) as usize;
+        if file != self.last_file {
+            self.current = (self.current + 1) % self.txs.len().max(1);
+            self.last_file = file;
+        }
+        let tx = self.txs.get(self.current).ok_or_else(|| io::Error::other("extraction already finished"))?;
+        tx.send(job).map_err(|_| self.error().unwrap_or_else(|| io::Error::other("the extraction writers stopped")))
     }
 
     fn error(&self) -> Option<io::Error> {
@@ -181,7 +198,7 @@ impl Writers {
 
     /// Wait for every queued write; the first error, if any.
     fn join(&mut self) -> io::Result<()> {
-        self.tx = None;
+        self.txs.clear();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
@@ -189,13 +206,8 @@ impl Writers {
     }
 }
 
-fn write_jobs(rx: &Mutex<Receiver<Job>>, failed: &Mutex<Option<io::Error>>) {
-    loop {
-        let job = match rx.lock() {
-            Ok(rx) => rx.recv(),
-            Err(_) => return,
-        };
-        let Ok(Job { buf, pieces, recycle }) = job else { return };
+fn write_jobs(rx: &Receiver<Job>, failed: &Mutex<Option<io::Error>>) {
+    while let Ok(Job { buf, pieces, recycle }) = rx.recv() {
         for p in pieces {
             let len = p.range.len();
             if let Err(e) = p.file.write_all_at(&buf[p.range], p.at) {
@@ -415,9 +427,7 @@ impl Sink for Extractor {
         if let Some(e) = w.error() {
             return Err(e);
         }
-        let tx = w.tx.as_ref().ok_or_else(|| io::Error::other("extraction already finished"))?;
-        tx.send(Job { buf, pieces, recycle: recycle.clone() })
-            .map_err(|_| w.error().unwrap_or_else(|| io::Error::other("the extraction writers stopped")))
+        w.send(Job { buf, pieces, recycle: recycle.clone() })
     }
 
     fn end(&mut self) -> io::Result<()> {

@@ -309,7 +309,9 @@ pub async fn restore_stream_to<S: Sink>(
     // The writer runs on its own thread: output may be a slow pipe or disk.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
     let writer_pool = pool.clone();
-    let recycle: Recycle = Arc::new(move |buf| writer_pool.give(buf, depth));
+    // Buffers also wait in a sink's own queues (an extractor's writers):
+    // keep enough for those too, rather than fault in fresh pages.
+    let recycle: Recycle = Arc::new(move |buf| writer_pool.give(buf, depth + 6));
     let writer = tokio::task::spawn_blocking(move || {
         let mut out = out;
         let mut written = 0u64;
