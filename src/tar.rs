@@ -137,11 +137,24 @@ struct Piece {
     file: Arc<File>,
     at: u64,
     range: Range<usize>,
+    /// The file's last piece: once written, the file is synced.
+    last: bool,
 }
 
-/// One decoded buffer and where its pieces go.
+impl Piece {
+    /// Write the piece; start its writeback; sync the file after its last
+    /// piece (on the writer, while other files still decode).
+    fn write(&self, buf: &[u8]) -> io::Result<()> {
+        self.file.write_all_at(&buf[self.range.clone()], self.at)?;
+        start_writeback(&self.file, self.at, self.range.len());
+        if self.last { self.file.sync_all() } else { Ok(()) }
+    }
+}
+
+/// Pieces of one file in a decoded buffer (shared by the jobs of the
+/// buffer's files; the last one done hands it back).
 struct Job {
-    buf: Vec<u8>,
+    buf: Arc<Vec<u8>>,
     pieces: Vec<Piece>,
     recycle: Recycle,
 }
@@ -180,7 +193,9 @@ impl Writers {
         Ok(Writers { txs, threads, current: 0, last_file: 0, failed })
     }
 
-    /// Queue a job (waits while its writer is busy: bounded memory).
+    /// Queue a job (waits while its writer is busy: bounded memory). All
+    /// pieces of a file go to one writer, in order, so its sync after the
+    /// last piece covers them all.
     fn send(&mut self, job: Job) -> io::Result<()> {
         let file = Arc::as_ptr(&job.pieces[0].file) as usize;
         if file != self.last_file {
@@ -209,16 +224,16 @@ impl Writers {
 fn write_jobs(rx: &Receiver<Job>, failed: &Mutex<Option<io::Error>>) {
     while let Ok(Job { buf, pieces, recycle }) = rx.recv() {
         for p in pieces {
-            let len = p.range.len();
-            if let Err(e) = p.file.write_all_at(&buf[p.range], p.at) {
+            if let Err(e) = p.write(&buf) {
                 if let Ok(mut f) = failed.lock() {
                     f.get_or_insert(e);
                 }
                 break;
             }
-            start_writeback(&p.file, p.at, len);
         }
-        recycle(buf);
+        if let Ok(buf) = Arc::try_unwrap(buf) {
+            recycle(buf);
+        }
     }
 }
 
@@ -232,19 +247,6 @@ fn start_writeback(file: &File, at: u64, len: usize) {
     unsafe {
         libc::sync_file_range(file.as_raw_fd(), at as i64, len as i64, libc::SYNC_FILE_RANGE_WRITE);
     }
-}
-
-/// Make everything under `dir` durable: one `syncfs` of its filesystem
-/// (after [`start_writeback`], mostly written already) instead of an fsync
-/// per file.
-fn sync_filesystem(dir: &Path) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    let d = File::open(dir)?;
-    // SAFETY: a plain syscall on an open descriptor.
-    if unsafe { libc::syncfs(d.as_raw_fd()) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
 }
 
 impl Drop for Extractor {
@@ -336,11 +338,14 @@ impl Extractor {
             State::Header if self.header.is_empty() => {}
             _ => return Err(bad("the tar stream ended in the middle of an entry".into())),
         }
+        // A restore reports success only once it is on disk: every file was
+        // synced after its last piece; now the directories (their entries).
+        for dir in self.dirs.iter().map(|(d, _)| d.as_path()).chain([self.root.as_path()]) {
+            File::open(dir)?.sync_all()?;
+        }
         for (dir, mode) in self.dirs.drain(..).rev() {
             fs::set_permissions(&dir, fs::Permissions::from_mode(mode))?;
         }
-        // A restore reports success only once the files are on disk.
-        sync_filesystem(&self.root)?;
         Ok((self.files, self.bytes))
     }
 }
@@ -374,7 +379,8 @@ impl Extractor {
                         let take = (*left).min(buf.len() as u64) as usize;
                         if let Some(f) = file {
                             let from = buf.as_ptr() as usize - base;
-                            pieces.push(Piece { file: f.clone(), at: *at, range: from..from + take });
+                            let last = take as u64 == *left;
+                            pieces.push(Piece { file: f.clone(), at: *at, range: from..from + take, last });
                         }
                         self.bytes += take as u64;
                         *at += take as u64;
@@ -401,7 +407,7 @@ impl Write for Extractor {
         let mut pieces = Vec::new();
         self.walk(buf, &mut pieces)?;
         for p in pieces {
-            p.file.write_all_at(&buf[p.range], p.at)?;
+            p.write(buf)?;
         }
         Ok(buf.len())
     }
@@ -427,7 +433,18 @@ impl Sink for Extractor {
         if let Some(e) = w.error() {
             return Err(e);
         }
-        w.send(Job { buf, pieces, recycle: recycle.clone() })
+        // One job per file (a run holds the tail of one file and the start
+        // of the next, or many small files).
+        let buf = Arc::new(buf);
+        let mut pieces = pieces.into_iter().peekable();
+        while let Some(first) = pieces.next() {
+            let mut group = vec![first];
+            while let Some(p) = pieces.next_if(|p| Arc::ptr_eq(&p.file, &group[0].file)) {
+                group.push(p);
+            }
+            w.send(Job { buf: buf.clone(), pieces: group, recycle: recycle.clone() })?;
+        }
+        Ok(())
     }
 
     fn end(&mut self) -> io::Result<()> {
