@@ -231,7 +231,9 @@ fn write_jobs(rx: &Receiver<Job>, failed: &Mutex<Option<io::Error>>) {
                 break;
             }
         }
-        if let Ok(buf) = Arc::try_unwrap(buf) {
+        // Exactly one of the buffer's holders gets it back (try_unwrap
+        // could fail for all of them when they let go at the same time).
+        if let Some(buf) = Arc::into_inner(buf) {
             recycle(buf);
         }
     }
@@ -443,6 +445,9 @@ impl Sink for Extractor {
                 group.push(p);
             }
             w.send(Job { buf: buf.clone(), pieces: group, recycle: recycle.clone() })?;
+        }
+        if let Some(buf) = Arc::into_inner(buf) {
+            recycle(buf); // every job was done before we let go
         }
         Ok(())
     }
