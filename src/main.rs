@@ -329,7 +329,8 @@ struct RestoreArgs {
     /// cluster node), or `env:NAME` holding such a URL (keeps the password out of the process list).
     #[arg(long, required_unless_present_any = ["to_command", "to_dir"], conflicts_with_all = ["to_command", "to_dir"])]
     to: Option<String>,
-    /// PostgreSQL physical snapshot: lay out a data directory here and configure recovery from the WAL archive.
+    /// PostgreSQL physical snapshot: lay out a data directory here (every file synced to disk before success)
+    /// and configure recovery from the WAL archive.
     /// Redis RDB snapshot: write DIR/dump.rdb for a stopped server (one subdirectory per shard of a cluster).
     #[arg(long, conflicts_with = "to_command")]
     to_dir: Option<PathBuf>,
