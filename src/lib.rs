@@ -15,6 +15,7 @@ pub mod chunker;
 pub mod clock;
 pub mod crypto;
 pub mod deploy;
+pub mod direct;
 pub mod drill;
 pub mod error;
 pub mod metrics;

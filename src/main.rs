@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use lifeboat::crypto::{self, Identities, WriteCredential};
+use lifeboat::direct::DirectFile;
 use lifeboat::pipeline::{BackupOptions, BackupSession, restore_stream};
 use lifeboat::policy::{JobKind, Policy};
 use lifeboat::repo::{InitOptions, Keys, Manifest, Repository};
@@ -1095,7 +1096,10 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
         r?
     } else {
         match a.to.as_deref() {
-            Some("-") => restore_stream(&repo, &keys, &index, &manifest.id, stream, std::io::stdout()).await?,
+            Some("-") => match DirectFile::stdout(stream.size) {
+                Some(f) => restore_stream(&repo, &keys, &index, &manifest.id, stream, f).await?,
+                None => restore_stream(&repo, &keys, &index, &manifest.id, stream, std::io::stdout()).await?,
+            },
             Some(path) => {
                 let path = PathBuf::from(path);
                 if path.exists() && !a.force {
@@ -1103,8 +1107,10 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
                 }
                 let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
                 let tmp = tempfile_in(dir)?;
-                let file = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
-                let r = restore_stream(&repo, &keys, &index, &manifest.id, stream, SyncOnDrop(file)).await;
+                // Synced when the restore flushes it: success means on disk.
+                let file = DirectFile::create(&tmp, stream.size)
+                    .with_context(|| format!("cannot create {}", tmp.display()))?;
+                let r = restore_stream(&repo, &keys, &index, &manifest.id, stream, file).await;
                 match r {
                     Ok(n) => {
                         std::fs::rename(&tmp, &path).with_context(|| format!("cannot move into {}", path.display()))?;
@@ -1278,20 +1284,6 @@ fn rand_bytes() -> [u8; 6] {
     let t = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let b = t.to_le_bytes();
     [b[0], b[1], b[2], b[3], b[4], b[5]]
-}
-
-/// A file that is fsync'd when the writer flushes, so a restore that
-/// reports success is on disk.
-struct SyncOnDrop(std::fs::File);
-
-impl std::io::Write for SyncOnDrop {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write(buf)
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()?;
-        self.0.sync_all()
-    }
 }
 
 async fn check(a: CheckArgs, json: bool) -> Result<ExitCode> {

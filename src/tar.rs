@@ -9,7 +9,8 @@
 //! every byte; the `tar` crate reads, so it would need the same pipe). As a
 //! sink it reads the headers on the restore's writer thread and leaves the
 //! writes, the kernel's copy into the page cache, to a few writer threads,
-//! the way pgBackRest's processes each write their own files.
+//! the way pgBackRest's processes each write their own files. Large files
+//! are written past the page cache ([`crate::direct`]).
 
 use std::fs::{self, File};
 use std::io::{self, Write};
@@ -20,6 +21,7 @@ use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
+use crate::direct::{DirectPolicy, Stage};
 use crate::pipeline::{Recycle, Sink};
 
 pub const BLOCK: usize = 512;
@@ -108,7 +110,7 @@ enum State {
     /// Collecting a header block.
     Header,
     /// Writing `left` bytes of file data at offset `at`, then skipping `pad`.
-    Data { file: Option<Arc<File>>, at: u64, left: u64, pad: u64 },
+    Data { file: Option<Arc<OutFile>>, at: u64, left: u64, pad: u64 },
     /// After the end-of-archive block: the rest is ignored.
     Done,
 }
@@ -130,11 +132,21 @@ pub struct Extractor {
     pub bytes: u64,
     /// Writer threads (started by the first [`Sink::put`]).
     writers: Option<Writers>,
+    /// Whether large files are written with `O_DIRECT`.
+    policy: Arc<DirectPolicy>,
+    /// Staging for direct writes made on the caller's thread (`Write`).
+    stage: Option<Stage>,
+}
+
+/// A file being extracted, and whether it was opened for direct writes.
+struct OutFile {
+    file: File,
+    direct: bool,
 }
 
 /// File data at `range` of a buffer, to be written at `at` in `file`.
 struct Piece {
-    file: Arc<File>,
+    file: Arc<OutFile>,
     at: u64,
     range: Range<usize>,
     /// The file's last piece: once written, the file is synced.
@@ -144,10 +156,17 @@ struct Piece {
 impl Piece {
     /// Write the piece; start its writeback; sync the file after its last
     /// piece (on the writer, while other files still decode).
-    fn write(&self, buf: &[u8]) -> io::Result<()> {
-        self.file.write_all_at(&buf[self.range.clone()], self.at)?;
-        start_writeback(&self.file, self.at, self.range.len());
-        if self.last { self.file.sync_all() } else { Ok(()) }
+    /// A direct file's pieces go through `stage`, which holds its
+    /// unwritten partial block until the next piece or the last.
+    fn write(&self, buf: &[u8], stage: &mut Stage, policy: &DirectPolicy) -> io::Result<()> {
+        let (f, data) = (&self.file.file, &buf[self.range.clone()]);
+        if self.file.direct {
+            stage.write(f, policy, self.at, data, self.last)?;
+        } else {
+            f.write_all_at(data, self.at)?;
+            start_writeback(f, self.at, data.len());
+        }
+        if self.last { f.sync_all() } else { Ok(()) }
     }
 }
 
@@ -177,16 +196,17 @@ struct Writers {
 const WRITERS: usize = 2;
 
 impl Writers {
-    fn start() -> io::Result<Writers> {
+    fn start(policy: &Arc<DirectPolicy>) -> io::Result<Writers> {
         let failed = Arc::new(Mutex::new(None));
         let (mut txs, mut threads) = (Vec::new(), Vec::new());
         for i in 0..WRITERS {
             let (tx, rx) = sync_channel::<Job>(2);
             let failed = failed.clone();
+            let policy = policy.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("lifeboat-extract-{i}"))
-                    .spawn(move || write_jobs(&rx, &failed))?,
+                    .spawn(move || write_jobs(&rx, &failed, &policy))?,
             );
             txs.push(tx);
         }
@@ -221,14 +241,22 @@ impl Writers {
     }
 }
 
-fn write_jobs(rx: &Receiver<Job>, failed: &Mutex<Option<io::Error>>) {
+fn write_jobs(rx: &Receiver<Job>, failed: &Mutex<Option<io::Error>>, policy: &DirectPolicy) {
+    // Each writer stages one file at a time: a file's pieces all come here.
+    let mut stage = Stage::default();
+    let mut ok = true;
     while let Ok(Job { buf, pieces, recycle }) = rx.recv() {
-        for p in pieces {
-            if let Err(e) = p.write(&buf) {
+        // After a failure the restore is lost: only hand buffers back.
+        for p in &pieces {
+            if !ok {
+                break;
+            }
+            if let Err(e) = p.write(&buf, &mut stage, policy) {
                 if let Ok(mut f) = failed.lock() {
                     f.get_or_insert(e);
                 }
-                break;
+                stage.clear();
+                ok = false;
             }
         }
         // Exactly one of the buffer's holders gets it back (try_unwrap
@@ -274,6 +302,8 @@ impl Extractor {
             files: 0,
             bytes: 0,
             writers: None,
+            policy: Arc::new(DirectPolicy::default()),
+            stage: None,
         }
     }
 
@@ -299,10 +329,10 @@ impl Extractor {
                 if let Some(parent) = path.parent() {
                     fs::create_dir_all(parent)?;
                 }
-                let file = File::create(&path)?;
+                let (file, direct) = self.policy.create(&path, e.size)?;
                 file.set_permissions(fs::Permissions::from_mode(e.mode & 0o7777))?;
                 self.files += 1;
-                data(Some(Arc::new(file)))
+                data(Some(Arc::new(OutFile { file, direct })))
             }
             b'5' => {
                 fs::create_dir_all(&path)?;
@@ -408,8 +438,9 @@ impl Write for Extractor {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let mut pieces = Vec::new();
         self.walk(buf, &mut pieces)?;
+        let stage = self.stage.get_or_insert_with(Stage::default);
         for p in pieces {
-            p.write(buf)?;
+            p.write(buf, stage, &self.policy)?;
         }
         Ok(buf.len())
     }
@@ -429,7 +460,7 @@ impl Sink for Extractor {
             return Ok(());
         }
         if self.writers.is_none() {
-            self.writers = Some(Writers::start()?);
+            self.writers = Some(Writers::start(&self.policy)?);
         }
         let w = self.writers.as_mut().expect("just started");
         if let Some(e) = w.error() {

@@ -5,7 +5,7 @@
 //! without a check-then-write race, and a crash leaves at worst a stray file
 //! in `.tmp/`, never a half-written object under its final name.
 
-use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::io::{ErrorKind, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
@@ -53,8 +53,7 @@ fn put_new_blocking(root: &Path, key: &str, data: &[u8]) -> StorageResult<()> {
     std::fs::create_dir_all(&tmp_dir).map_err(|e| io_err(key, e))?;
     let tmp = tmp_dir.join(format!("{}.{}", std::process::id(), hex::encode(rand::random::<[u8; 8]>())));
     let result = (|| -> StorageResult<()> {
-        let mut f = std::fs::OpenOptions::new().write(true).create_new(true).open(&tmp).map_err(|e| io_err(key, e))?;
-        f.write_all(data).map_err(|e| io_err(key, e))?;
+        let f = crate::direct::write_new(&tmp, data).map_err(|e| io_err(key, e))?;
         f.sync_all().map_err(|e| io_err(key, e))?;
         drop(f);
         let parent = target.parent().unwrap_or(root);
