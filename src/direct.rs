@@ -277,6 +277,7 @@ impl DirectFile {
         if !at.is_multiple_of(ALIGN as u64) || set_direct(&file, true).is_err() {
             return None;
         }
+        tracing::debug!(offset = at, "stdout is a regular file: writing it with O_DIRECT");
         Some(DirectFile {
             file,
             direct: true,

@@ -325,12 +325,15 @@ struct RestoreArgs {
     /// Which stream of a multi-stream snapshot.
     #[arg(long)]
     stream: Option<String>,
-    /// `-` (stdout), a file path (written atomically, never replaced without --force),
+    /// `-` (stdout), a file path (written atomically and synced, never replaced without --force;
+    /// large files, and stdout redirected to a file, are written past the page cache with O_DIRECT;
+    /// LIFEBOAT_NO_DIRECT_IO=1 turns that off),
     /// or a database: `postgres://user@host/db`, `redis://[user:pass@]host:port` (a server or a
     /// cluster node), or `env:NAME` holding such a URL (keeps the password out of the process list).
     #[arg(long, required_unless_present_any = ["to_command", "to_dir"], conflicts_with_all = ["to_command", "to_dir"])]
     to: Option<String>,
-    /// PostgreSQL physical snapshot: lay out a data directory here (every file synced to disk before success)
+    /// PostgreSQL physical snapshot: lay out a data directory here (every file synced to disk before success;
+    /// files of 64 KiB or more written with O_DIRECT, so a restore does not flush the host's page cache)
     /// and configure recovery from the WAL archive.
     /// Redis RDB snapshot: write DIR/dump.rdb for a stopped server (one subdirectory per shard of a cluster).
     #[arg(long, conflicts_with = "to_command")]
