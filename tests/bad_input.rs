@@ -225,3 +225,68 @@ fn malformed_policy_names_file_line_column() {
     let out = run(&["backup", "--policy", p.to_str().unwrap(), "j"]);
     fails_cleanly(&out, 1, &format!("{}:7:8", p.display()));
 }
+
+/// A small tmpfs mounted for one test, unmounted however the test ends.
+struct SmallFs(std::path::PathBuf);
+
+impl SmallFs {
+    fn mount(at: &std::path::Path, size: &str) -> SmallFs {
+        std::fs::create_dir_all(at).unwrap();
+        let st = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "lifeboat-test", at.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "mount tmpfs at {}", at.display());
+        SmallFs(at.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        let st = std::process::Command::new("mount")
+            .args(["-o", &format!("remount,size={size}"), self.0.to_str().unwrap()])
+            .status()
+            .unwrap();
+        assert!(st.success(), "remount {}", self.0.display());
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A full disk, under the repository and under a restore: one clear error,
+/// exit 1, no snapshot becomes visible, no partial file is left behind, and
+/// once there is room again the next backup succeeds and `check` passes.
+/// Mounting a small file system needs root (CI runs as root).
+#[test]
+fn full_disk_fails_cleanly_and_loses_nothing() {
+    let uid = std::process::Command::new("id").arg("-u").output().unwrap();
+    if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
+        eprintln!("skipping: mounting a small file system needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let small = SmallFs::mount(&dir.path().join("small"), "2m");
+    let f = Fixture::with_repo(tempfile::tempdir().unwrap(), small.0.join("repo").display().to_string());
+    let data = random_bytes(21, 8 << 20); // incompressible: needs 8 MiB of packs
+    let out = run_stdin(&["backup", "--repo", &f.repo, "--write-key", f.wk(), "--stdin", "--name", "db"], &data);
+    fails_cleanly(&out, 1, "no space left on the device");
+    let list = ok(&run(&["snapshots", "--repo", &f.repo, "--identity", f.id()]));
+    assert!(list.contains("no snapshots"), "no snapshot may be visible: {list}");
+
+    small.resize("64m");
+    let id = f.backup("db", &data);
+    let o = ok(&run(&["check", "--repo", &f.repo, "--identity", f.id(), "--read-data"]));
+    assert!(o.contains("no errors"), "{o}");
+
+    // Restoring onto a full file system: the target is never left half-written.
+    let target_fs = SmallFs::mount(&dir.path().join("target"), "1m");
+    let target = target_fs.0.join("db.bin");
+    let out = run(&["restore", "--repo", &f.repo, "--identity", f.id(), &id, "--to", target.to_str().unwrap()]);
+    fails_cleanly(&out, 1, "No space left on device");
+    assert!(!target.exists(), "a failed restore left {}", target.display());
+    let left: Vec<_> = std::fs::read_dir(&target_fs.0).unwrap().collect();
+    assert!(left.is_empty(), "temp files left behind: {left:?}");
+    assert!(f.restore(&id) == data, "the snapshot still restores");
+}
