@@ -48,6 +48,13 @@ impl Default for DirectPolicy {
 }
 
 impl DirectPolicy {
+    /// The process's policy: a file system that refused `O_DIRECT` once is
+    /// not asked again for the rest of the run (not once per pack).
+    pub fn global() -> &'static DirectPolicy {
+        static GLOBAL: std::sync::LazyLock<DirectPolicy> = std::sync::LazyLock::new(DirectPolicy::default);
+        &GLOBAL
+    }
+
     pub fn off() -> DirectPolicy {
         DirectPolicy(AtomicBool::new(false))
     }
@@ -207,7 +214,7 @@ pub fn write_new(path: &Path, data: &[u8]) -> io::Result<File> {
         // One stage per (blocking-pool) thread, reused for every object.
         static STAGE: std::cell::RefCell<Option<Stage>> = const { std::cell::RefCell::new(None) };
     }
-    let policy = DirectPolicy::default();
+    let policy = DirectPolicy::global();
     let mut o = OpenOptions::new();
     o.write(true).create_new(true);
     let (file, direct) = policy.open(&o, path, data.len() as u64)?;
@@ -218,7 +225,7 @@ pub fn write_new(path: &Path, data: &[u8]) -> io::Result<File> {
     STAGE.with(|s| {
         let mut s = s.borrow_mut();
         let stage = s.get_or_insert_with(Stage::default);
-        let r = stage.write(&file, &policy, 0, data, true);
+        let r = stage.write(&file, policy, 0, data, true);
         if r.is_err() {
             stage.clear();
         }
@@ -234,7 +241,7 @@ pub fn write_new(path: &Path, data: &[u8]) -> io::Result<File> {
 pub struct DirectFile {
     file: File,
     direct: bool,
-    policy: DirectPolicy,
+    policy: &'static DirectPolicy,
     stage: Option<Stage>,
     /// Offset of the next byte.
     at: u64,
@@ -247,7 +254,7 @@ pub struct DirectFile {
 impl DirectFile {
     /// Create `path` for about `size` bytes.
     pub fn create(path: &Path, size: u64) -> io::Result<DirectFile> {
-        let policy = DirectPolicy::default();
+        let policy = DirectPolicy::global();
         let (file, direct) = policy.create(path, size)?;
         let stage = direct.then(Stage::default);
         Ok(DirectFile { file, direct, policy, stage, at: 0, sync: true, seek_at_end: false })
@@ -263,7 +270,7 @@ impl DirectFile {
     pub fn stdout(size: u64) -> Option<DirectFile> {
         use std::io::Seek;
         use std::os::fd::AsFd;
-        let policy = DirectPolicy::default();
+        let policy = DirectPolicy::global();
         if size < MIN_DIRECT || !policy.enabled() {
             return None;
         }
@@ -297,7 +304,7 @@ impl DirectFile {
         }
         self.direct = false;
         let staged = match &mut self.stage {
-            Some(stage) => stage.write(&self.file, &self.policy, self.at, &[], true),
+            Some(stage) => stage.write(&self.file, self.policy, self.at, &[], true),
             None => Ok(()),
         };
         let cleared = set_direct(&self.file, false);
@@ -312,7 +319,7 @@ impl DirectFile {
 impl io::Write for DirectFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match (&mut self.stage, self.direct) {
-            (Some(stage), true) => stage.write(&self.file, &self.policy, self.at, buf, false)?,
+            (Some(stage), true) => stage.write(&self.file, self.policy, self.at, buf, false)?,
             _ => self.file.write_all_at(buf, self.at)?,
         }
         self.at += buf.len() as u64;

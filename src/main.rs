@@ -1099,10 +1099,13 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
         r?
     } else {
         match a.to.as_deref() {
-            Some("-") => match DirectFile::stdout(stream.size) {
-                Some(f) => restore_stream(&repo, &keys, &index, &manifest.id, stream, f).await?,
-                None => restore_stream(&repo, &keys, &index, &manifest.id, stream, std::io::stdout()).await?,
-            },
+            Some("-") => {
+                let out: Box<dyn std::io::Write + Send> = match DirectFile::stdout(stream.size) {
+                    Some(f) => Box::new(f),
+                    None => Box::new(std::io::stdout()),
+                };
+                restore_stream(&repo, &keys, &index, &manifest.id, stream, out).await?
+            }
             Some(path) => {
                 let path = PathBuf::from(path);
                 if path.exists() && !a.force {

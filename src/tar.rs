@@ -133,7 +133,7 @@ pub struct Extractor {
     /// Writer threads (started by the first [`Sink::put`]).
     writers: Option<Writers>,
     /// Whether large files are written with `O_DIRECT`.
-    policy: Arc<DirectPolicy>,
+    policy: &'static DirectPolicy,
     /// Staging for direct writes made on the caller's thread (`Write`).
     stage: Option<Stage>,
 }
@@ -196,17 +196,16 @@ struct Writers {
 const WRITERS: usize = 2;
 
 impl Writers {
-    fn start(policy: &Arc<DirectPolicy>) -> io::Result<Writers> {
+    fn start(policy: &'static DirectPolicy) -> io::Result<Writers> {
         let failed = Arc::new(Mutex::new(None));
         let (mut txs, mut threads) = (Vec::new(), Vec::new());
         for i in 0..WRITERS {
             let (tx, rx) = sync_channel::<Job>(2);
             let failed = failed.clone();
-            let policy = policy.clone();
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("lifeboat-extract-{i}"))
-                    .spawn(move || write_jobs(&rx, &failed, &policy))?,
+                    .spawn(move || write_jobs(&rx, &failed, policy))?,
             );
             txs.push(tx);
         }
@@ -302,7 +301,7 @@ impl Extractor {
             files: 0,
             bytes: 0,
             writers: None,
-            policy: Arc::new(DirectPolicy::default()),
+            policy: DirectPolicy::global(),
             stage: None,
         }
     }
@@ -440,7 +439,7 @@ impl Write for Extractor {
         self.walk(buf, &mut pieces)?;
         let stage = self.stage.get_or_insert_with(Stage::default);
         for p in pieces {
-            p.write(buf, stage, &self.policy)?;
+            p.write(buf, stage, self.policy)?;
         }
         Ok(buf.len())
     }
@@ -460,7 +459,7 @@ impl Sink for Extractor {
             return Ok(());
         }
         if self.writers.is_none() {
-            self.writers = Some(Writers::start(&self.policy)?);
+            self.writers = Some(Writers::start(self.policy)?);
         }
         let w = self.writers.as_mut().expect("just started");
         if let Some(e) = w.error() {
