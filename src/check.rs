@@ -145,7 +145,7 @@ pub async fn check(repo: &Repository, keys: &Keys, read_data: bool) -> Result<Ch
                     let mut raw = Vec::new();
                     for (id, loc) in &blobs {
                         raw.resize(loc.raw_length as usize, 0);
-                        if let Err(d) = decoder.decode_into(&data, loc, id, &key, &mut raw) {
+                        if let Err(d) = decoder.decode_into(&data.data, loc, id, Some(&key), &mut raw) {
                             bad.push((Some(*id), d));
                         }
                     }

@@ -173,6 +173,30 @@ impl DedupKey {
         ChunkId(mac.finalize().into_bytes().into())
     }
 
+    /// MAC of a pack's age header (format 3), kept in the pack's encrypted
+    /// trailer. The header wraps the pack's file key, and age's AEAD ties
+    /// every payload byte to that key, so a pack whose trailer holds this MAC
+    /// was written by a holder of the dedup secret (a backup job) or by
+    /// someone who could decrypt it: not by a bucket writer who only knows
+    /// the public recipients.
+    fn pack_header_mac(&self, header: &[u8]) -> Hmac<Sha256> {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&self.0).expect("HMAC takes any key length");
+        mac.update(b"lifeboat pack header key v1");
+        let derived: [u8; 32] = mac.finalize().into_bytes().into();
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(&derived).expect("HMAC takes any key length");
+        mac.update(header);
+        mac
+    }
+
+    pub fn pack_mac(&self, header: &[u8]) -> [u8; 32] {
+        self.pack_header_mac(header).finalize().into_bytes().into()
+    }
+
+    /// Constant-time check of [`DedupKey::pack_mac`].
+    pub fn pack_mac_matches(&self, header: &[u8], tag: &[u8]) -> bool {
+        self.pack_header_mac(header).verify_slice(tag).is_ok()
+    }
+
     /// The age identity that encrypts the chunk index, derived from the
     /// dedup secret so that both writers and identity holders can read it.
     pub fn index_identity(&self) -> age::x25519::Identity {
@@ -247,6 +271,56 @@ fn decrypt_with<'a>(
 /// Decrypt with a single x25519 identity (used for the index key).
 pub fn decrypt_one(id: &age::x25519::Identity, what: &str, ciphertext: &[u8]) -> Result<Vec<u8>, CryptoError> {
     decrypt_with(std::iter::once(id as &dyn age::Identity), what, ciphertext)
+}
+
+/// Length of an age file's header plus its 16-byte payload nonce: every
+/// byte before the encrypted payload. The header ends with its MAC line
+/// (`--- ` + base64); stanza lines start with `-> ` or are base64, which
+/// has no `-`, so the first `\n--- ` is that line.
+pub fn age_header_len(ct: &[u8]) -> Option<usize> {
+    let mac_line = ct.windows(5).position(|w| w == b"\n--- ")? + 5;
+    let end = mac_line + ct[mac_line..].iter().position(|&b| b == b'\n')? + 1 + 16;
+    (end <= ct.len()).then_some(end)
+}
+
+/// A `Write` whose bytes stay readable while an age writer owns it.
+#[derive(Clone, Default)]
+struct SharedOut(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+
+impl Write for SharedOut {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.borrow_mut().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Encrypt `body` followed by the bytes `tail` makes from the file's own
+/// header ([`age_header_len`] bytes): how a pack's trailer comes to carry
+/// the MAC of the header it is encrypted under.
+pub fn encrypt_with_tail(
+    recipients: &[Recipient],
+    body: &[u8],
+    tail: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
+) -> Result<Vec<u8>, CryptoError> {
+    let fail = |e: String| CryptoError::Encrypt(e);
+    let enc = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+        .map_err(|e| fail(e.to_string()))?;
+    let out = SharedOut::default();
+    out.0.borrow_mut().reserve(body.len() + 64 * 1024 + body.len() / 4096);
+    let mut w = enc.wrap_output(out.clone()).map_err(|e| fail(e.to_string()))?;
+    // age writes the header and the payload nonce up front and buffers
+    // plaintext, so what is out now is exactly the header.
+    let header = out.0.borrow().clone();
+    if age_header_len(&header) != Some(header.len()) {
+        return Err(fail("unexpected age header layout".into()));
+    }
+    w.write_all(body).map_err(|e| fail(e.to_string()))?;
+    w.write_all(&tail(&header).map_err(fail)?).map_err(|e| fail(e.to_string()))?;
+    w.finish().map_err(|e| fail(e.to_string()))?;
+    Ok(out.0.take())
 }
 
 /// Encrypt to a set of recipients (age binary format).
@@ -373,6 +447,29 @@ mod tests {
         let (_, other) = generate_identity();
         let ct2 = encrypt(&[parse_recipient(&other).unwrap()], b"hello").unwrap();
         assert!(matches!(ids.decrypt("x", &ct2), Err(CryptoError::WrongKey { .. })));
+    }
+
+    #[test]
+    fn a_tail_can_carry_the_mac_of_its_own_header() {
+        let id = age::x25519::Identity::generate();
+        let rcpt = id.to_public().to_string();
+        let key = DedupKey::generate();
+        let mut seen = Vec::new();
+        let ct = encrypt_with_tail(&[parse_recipient(&rcpt).unwrap()], b"body ", |h| {
+            seen = h.to_vec();
+            Ok(key.pack_mac(h).to_vec())
+        })
+        .unwrap();
+        let n = age_header_len(&ct).unwrap();
+        assert_eq!(&ct[..n], &seen[..], "the header the tail saw is the file's");
+        let pt = decrypt_one(&id, "t", &ct).unwrap();
+        assert_eq!(&pt[..5], b"body ");
+        assert!(key.pack_mac_matches(&ct[..n], &pt[5..]));
+        assert!(!DedupKey::generate().pack_mac_matches(&ct[..n], &pt[5..]), "keyed");
+        // The same plaintext under a fresh header no longer matches.
+        let again = encrypt(&[parse_recipient(&rcpt).unwrap()], &pt).unwrap();
+        assert!(!key.pack_mac_matches(&again[..age_header_len(&again).unwrap()], &pt[5..]));
+        assert_eq!(age_header_len(b"age-encryption.org/v1\n-> X25519 abc\n--- mac"), None);
     }
 
     #[test]

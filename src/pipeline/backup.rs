@@ -11,9 +11,9 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tracing::{debug, info};
 
-use super::pack::seal_pack;
+use super::pack::PackSealer;
 use crate::chunker;
-use crate::crypto::{self, ChunkId, Recipient};
+use crate::crypto::{self, ChunkId};
 use crate::error::{Error, Result};
 use crate::repo::{
     self, BackupStats, Index, IndexFile, Keys, Manifest, PackBlob, PackRecord, Repository, StreamManifest,
@@ -29,8 +29,9 @@ pub struct BackupOptions {
 }
 
 /// A pack ready for encryption and upload.
+/// A full pack's blob bytes, waiting to be sealed (trailer), encrypted and stored.
 struct SealedPack {
-    plaintext: Vec<u8>,
+    body: Vec<u8>,
     blobs: Vec<PackBlob>,
     raw_bytes: u64,
 }
@@ -135,7 +136,9 @@ impl BackupSession {
         debug!(chunks = known.blobs.len(), packs = known.packs.len(), "index loaded");
         // One sealed pack may wait while two are being encrypted/uploaded.
         let (tx, rx) = mpsc::channel::<SealedPack>(1);
-        let uploader = tokio::spawn(upload_packs(repo.backend.clone(), keys.recipients.clone(), rx));
+        let sealer =
+            PackSealer { version: repo.config.version, recipients: keys.recipients.clone(), dedup: keys.dedup.clone() };
+        let uploader = tokio::spawn(upload_packs(repo.backend.clone(), sealer, rx));
         Ok(BackupSession {
             repo: repo.clone(),
             keys: keys.clone(),
@@ -185,7 +188,6 @@ impl BackupSession {
             stats: std::mem::take(&mut self.stats),
             pack_tx: self.pack_tx.clone().ok_or_else(|| Error::Other("backup session already committed".into()))?,
             pack_size: self.repo.config.pack_size as usize,
-            version: self.repo.config.version,
         };
         let params = self.repo.config.chunker;
         let compress =
@@ -268,10 +270,8 @@ impl BackupSession {
         if !self.current.blobs.is_empty() {
             let p =
                 std::mem::replace(&mut self.current, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 });
-            let version = self.repo.config.version;
             let tx = self.pack_tx.clone().ok_or_else(|| Error::Other("session closed".into()))?;
-            let sealed =
-                SealedPack { plaintext: seal_pack(version, p.body, &p.blobs)?, blobs: p.blobs, raw_bytes: p.raw_bytes };
+            let sealed = SealedPack { body: p.body, blobs: p.blobs, raw_bytes: p.raw_bytes };
             if tx.send(sealed).await.is_err() {
                 // The uploader stopped early: its error explains why.
                 self.finish_uploads().await?;
@@ -324,8 +324,6 @@ struct PackerState {
     stats: BackupStats,
     pack_tx: mpsc::Sender<SealedPack>,
     pack_size: usize,
-    /// The repository's format version (what the packs may use).
-    version: u32,
 }
 
 /// Chunk, hash, compress and pack one stream. Runs on blocking threads.
@@ -557,11 +555,7 @@ fn pack_in_order(rx: Receiver<(u64, HashedBatch)>, st: &mut PackerState) -> Resu
                 cur.raw_bytes += h.raw_len as u64;
                 if cur.body.len() >= st.pack_size {
                     let p = std::mem::replace(cur, PackBuilder { body: Vec::new(), blobs: Vec::new(), raw_bytes: 0 });
-                    let sealed = SealedPack {
-                        plaintext: seal_pack(st.version, p.body, &p.blobs)?,
-                        blobs: p.blobs,
-                        raw_bytes: p.raw_bytes,
-                    };
+                    let sealed = SealedPack { body: p.body, blobs: p.blobs, raw_bytes: p.raw_bytes };
                     pack_no += 1;
                     if st.pack_tx.blocking_send(sealed).is_err() {
                         return Err(Error::Other("upload stopped; see the upload error".into()));
@@ -579,24 +573,24 @@ fn pack_in_order(rx: Receiver<(u64, HashedBatch)>, st: &mut PackerState) -> Resu
 /// Encrypt and upload sealed packs, at most two at a time.
 async fn upload_packs(
     backend: Arc<dyn Backend>,
-    recipients: Vec<Recipient>,
+    sealer: PackSealer,
     mut rx: mpsc::Receiver<SealedPack>,
 ) -> Result<Vec<PackRecord>> {
-    let recipients = Arc::new(recipients);
+    let sealer = Arc::new(sealer);
     let sem = Arc::new(tokio::sync::Semaphore::new(2));
     let mut set = tokio::task::JoinSet::new();
     let mut records = Vec::new();
     while let Some(pack) = rx.recv().await {
         let permit = sem.clone().acquire_owned().await.map_err(|e| Error::Other(e.to_string()))?;
         let backend = backend.clone();
-        let recipients = recipients.clone();
+        let sealer = sealer.clone();
         set.spawn(async move {
             let _permit = permit;
-            let SealedPack { plaintext, blobs, raw_bytes } = pack;
-            let (id, ct) = tokio::task::spawn_blocking(move || {
-                let ct = crypto::encrypt(&recipients, &plaintext)?;
+            let SealedPack { body, blobs, raw_bytes } = pack;
+            let (id, ct, blobs) = tokio::task::spawn_blocking(move || {
+                let ct = sealer.seal(body, &blobs)?;
                 let id = ChunkId(Sha256::digest(&ct).into());
-                Ok::<_, Error>((id, ct))
+                Ok::<_, Error>((id, ct, blobs))
             })
             .await
             .map_err(|e| Error::Other(e.to_string()))??;
@@ -705,6 +699,111 @@ mod tests {
         assert_eq!(restore(&repo, &keys, &m1).await, a);
         let report = crate::check::check(&repo, &keys, true).await.unwrap();
         assert!(report.ok(), "{report:?}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    async fn try_restore(repo: &Repository, keys: &Keys, index: &Index, m: &Manifest) -> Result<Vec<u8>> {
+        crate::pipeline::restore_stream_into(repo, keys, index, &m.id, &m.streams[0], Vec::new()).await.map(|r| r.1)
+    }
+
+    /// The index as a restore would see it if `first` were read first.
+    async fn index_with_first(repo: &Repository, keys: &Keys, first: &str) -> Index {
+        let mut names: Vec<String> = repo.backend.list("index/").await.unwrap().into_iter().map(|f| f.key).collect();
+        names.sort_by_key(|k| k != first);
+        let mut index = Index::default();
+        for k in names {
+            index.add_file(&k, repo.read_index_file(keys, &k).await.unwrap());
+        }
+        index
+    }
+
+    /// Format 3: a pack whose header MAC checks out vouches for its chunks,
+    /// which are then written without hashing each; anything else is hashed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn format_3_packs_vouch_for_their_chunks_and_nothing_else() {
+        let (dir, repo, keys) = small_chunk_repo(repo::FORMAT_VERSION).await;
+        assert_eq!(repo.config.version, 3);
+        let a = sample(1 << 20, 11);
+        let m = backup(&repo, &keys, &a).await;
+        assert_eq!(restore(&repo, &keys, &m).await, a);
+        let index = repo.load_index(&keys).await.unwrap();
+        assert!(index.ambiguous.is_empty());
+        let x = m.streams[0].chunks[3];
+        let legit = *index.get(&x).unwrap();
+        let legit_key = repo::pack_key(&legit.pack);
+        let legit_ct = repo.backend.get(&legit_key).await.unwrap().to_vec();
+        let ids = keys.identities("test").unwrap();
+        let legit_pt = ids.decrypt("pack", &legit_ct).unwrap();
+        assert!(
+            crate::pipeline::pack::open_pack(3, &legit_ct, legit_pt.clone(), &keys.dedup).unwrap().vouched.is_some()
+        );
+
+        // Someone with the write credential stores garbage under chunk x's id
+        // (a second location) and indexes it.
+        let garbage = vec![b'#'; legit.raw_length as usize];
+        let frame = zstd::bulk::compress(&garbage, 3).unwrap();
+        let blob = PackBlob {
+            id: x,
+            offset: 0,
+            length: frame.len() as u32,
+            raw_length: legit.raw_length,
+            frame_raw: 0,
+            skip: 0,
+        };
+        let sealer = PackSealer { version: 3, recipients: keys.recipients.clone(), dedup: keys.dedup.clone() };
+        let forged_ct = sealer.seal(frame, &[blob]).unwrap();
+        let forged = ChunkId(Sha256::digest(&forged_ct).into());
+        repo.backend.put_new(&repo::pack_key(&forged), Bytes::from(forged_ct)).await.unwrap();
+        let rec = PackRecord { id: forged, size: 0, blobs: vec![blob] };
+        let forged_index = repo.write_index(&keys, &IndexFile { version: 1, packs: vec![rec] }).await.unwrap();
+
+        // Two places for x: whichever the index picks, x is hashed, so the
+        // forgery is refused, never written.
+        let index = index_with_first(&repo, &keys, &forged_index).await;
+        assert!(index.ambiguous.contains_key(&x));
+        assert_eq!(index.get(&x).unwrap().pack, forged);
+        let err = try_restore(&repo, &keys, &index, &m).await.unwrap_err().to_string();
+        assert!(err.contains("does not match its id"), "{err}");
+        let index = repo.load_index(&keys).await.unwrap();
+        if index.get(&x).unwrap().pack == legit.pack {
+            assert_eq!(try_restore(&repo, &keys, &index, &m).await.unwrap(), a);
+        }
+        // What the trust amounts to: were the forged place the only one (the
+        // original index deleted, which Object Lock / no-delete rights
+        // prevent), its pack's word would be taken. `check --read-data`
+        // still hashes every chunk.
+        let mut only_forged = index_with_first(&repo, &keys, &forged_index).await;
+        only_forged.ambiguous.clear();
+        let out = try_restore(&repo, &keys, &only_forged, &m).await.unwrap();
+        assert_ne!(out, a);
+        assert!(out.windows(garbage.len()).any(|w| w == garbage));
+
+        // Someone with only bucket access replaces the legit pack with a valid
+        // age file of their own: the same plaintext under a new header (its
+        // MAC no longer matches), or one without a MAC (hashed, so refused).
+        let index = index_with_first(&repo, &keys, "index/").await;
+        let swap = |ct: Vec<u8>| {
+            let path = dir.join(&legit_key);
+            std::fs::remove_file(&path).unwrap();
+            std::fs::write(&path, ct).unwrap();
+        };
+        swap(crypto::encrypt(&keys.recipients, &legit_pt).unwrap());
+        let mut clean = index.clone();
+        clean.ambiguous.clear();
+        clean.blobs.insert(x, legit);
+        let err = try_restore(&repo, &keys, &clean, &m).await.unwrap_err().to_string();
+        assert!(err.contains("not written with this repository's keys"), "{err}");
+        let mut no_mac = legit_pt.clone();
+        let n = no_mac.len();
+        let tl = u32::from_le_bytes(no_mac[n - 8..n - 4].try_into().unwrap()) as usize;
+        no_mac.truncate(n - 8 - tl);
+        let at = legit.offset as usize + legit.length as usize / 2;
+        no_mac[at] ^= 0x20;
+        let file = repo.read_index_file(&keys, &index.packs[&legit.pack].1).await.unwrap();
+        let blobs = &file.packs.iter().find(|p| p.id == legit.pack).unwrap().blobs;
+        swap(crypto::encrypt(&keys.recipients, &crate::pipeline::seal_pack(3, no_mac, blobs).unwrap()).unwrap());
+        let err = try_restore(&repo, &keys, &clean, &m).await.unwrap_err().to_string();
+        assert!(err.contains("does not match its id") || err.contains("decompress"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -12,5 +12,5 @@ mod pack;
 mod restore;
 
 pub use self::backup::{BackupOptions, BackupSession};
-pub use self::pack::{BlobDecoder, seal_pack};
+pub use self::pack::{BlobDecoder, OpenPack, PackSealer, seal_pack};
 pub use self::restore::{PackCache, Recycle, Sink, fetch_pack, restore_stream, restore_stream_into, restore_stream_to};

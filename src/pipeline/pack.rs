@@ -1,10 +1,13 @@
-//! Pack plaintext layout: `blob* trailer_json trailer_len:u32le "LBPK"`.
+//! Pack plaintext layout: `blob* trailer trailer_len:u32le "LBPK"`.
 //! The trailer lists the blobs so that an index can be rebuilt from packs
-//! alone; readers normally use the index and never parse it.
+//! alone. In format 3 it also carries a MAC of the pack's own age header
+//! (see [`DedupKey::pack_mac`]): a restore that finds it intact knows the
+//! whole pack was written with the repository's keys, and decodes the
+//! chunks the trailer vouches for without hashing each one again.
 
 use serde::{Deserialize, Serialize};
 
-use crate::crypto::{ChunkId, DedupKey};
+use crate::crypto::{self, ChunkId, DedupKey, IdMap, Recipient};
 use crate::repo::{BlobLocation, PackBlob};
 
 const MAGIC: &[u8; 4] = b"LBPK";
@@ -13,16 +16,90 @@ const MAGIC: &[u8; 4] = b"LBPK";
 struct Trailer {
     version: u32,
     blobs: Vec<PackBlob>,
+    /// Format 3: hex HMAC of the pack's age header under a key derived
+    /// from the dedup secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    header_mac: Option<String>,
 }
 
-/// Append the trailer to a pack's blob bytes (zstd-compressed JSON in a
-/// format 2 repository).
+fn trailer(version: u32, blobs: &[PackBlob], header_mac: Option<String>) -> crate::Result<Vec<u8>> {
+    let t = crate::repo::encode_json(version, &Trailer { version: 1, blobs: blobs.to_vec(), header_mac })?;
+    let mut out = Vec::with_capacity(t.len() + 8);
+    out.extend_from_slice(&t);
+    out.extend_from_slice(&(t.len() as u32).to_le_bytes());
+    out.extend_from_slice(MAGIC);
+    Ok(out)
+}
+
+/// Append the trailer to a pack's blob bytes (formats 1 and 2; zstd-compressed
+/// JSON from format 2 on).
 pub fn seal_pack(version: u32, mut body: Vec<u8>, blobs: &[PackBlob]) -> crate::Result<Vec<u8>> {
-    let t = crate::repo::encode_json(version, &Trailer { version: 1, blobs: blobs.to_vec() })?;
-    body.extend_from_slice(&t);
-    body.extend_from_slice(&(t.len() as u32).to_le_bytes());
-    body.extend_from_slice(MAGIC);
+    body.extend_from_slice(&trailer(version, blobs, None)?);
     Ok(body)
+}
+
+/// What a backup needs to turn blob bytes into a stored pack.
+pub struct PackSealer {
+    pub version: u32,
+    pub recipients: Vec<Recipient>,
+    pub dedup: DedupKey,
+}
+
+impl PackSealer {
+    /// The encrypted pack: blobs, then the trailer, which from format 3 on
+    /// holds the MAC of the header the pack is encrypted under.
+    pub fn seal(&self, body: Vec<u8>, blobs: &[PackBlob]) -> crate::Result<Vec<u8>> {
+        if self.version < 3 {
+            return Ok(crypto::encrypt(&self.recipients, &seal_pack(self.version, body, blobs)?)?);
+        }
+        Ok(crypto::encrypt_with_tail(&self.recipients, &body, |header| {
+            trailer(self.version, blobs, Some(hex::encode(self.dedup.pack_mac(header)))).map_err(|e| e.to_string())
+        })?)
+    }
+}
+
+/// A decrypted pack. `vouched` lists its blobs when its trailer's header
+/// MAC checked out: then every byte of it was written by a holder of the
+/// repository's keys, at the places the trailer says.
+pub struct OpenPack {
+    pub data: Vec<u8>,
+    pub vouched: Option<IdMap<PackBlob>>,
+}
+
+impl OpenPack {
+    /// Whether the pack vouches for chunk `id` at exactly `loc`.
+    pub fn vouches(&self, id: &ChunkId, loc: &BlobLocation) -> bool {
+        self.vouched.as_ref().and_then(|m| m.get(id)).is_some_and(|b| BlobLocation::of(loc.pack, b) == *loc)
+    }
+}
+
+/// Read the trailer of a decrypted format 3 pack and check its header MAC
+/// against `ciphertext`. A pack without a MAC is returned unvouched (its
+/// chunks are then hashed one by one); a MAC that does not match is an error.
+pub fn open_pack(version: u32, ciphertext: &[u8], data: Vec<u8>, key: &DedupKey) -> Result<OpenPack, String> {
+    if version < 3 {
+        return Ok(OpenPack { data, vouched: None });
+    }
+    let n = data.len();
+    if n < 8 || &data[n - 4..] != MAGIC {
+        return Err("its trailer is missing".into());
+    }
+    let len = u32::from_le_bytes(data[n - 8..n - 4].try_into().expect("4 bytes")) as usize;
+    let t: Trailer = crate::repo::decode_json(
+        "pack trailer",
+        data.get(n.saturating_sub(8 + len)..n - 8).ok_or("its trailer is cut short")?,
+    )
+    .map_err(|e| e.to_string())?;
+    let Some(mac) = t.header_mac else { return Ok(OpenPack { data, vouched: None }) };
+    let header = crypto::age_header_len(ciphertext).map(|l| &ciphertext[..l]).ok_or("it has no age header")?;
+    let tag = hex::decode(mac).map_err(|_| "its trailer's header MAC is not hex")?;
+    if !key.pack_mac_matches(header, &tag) {
+        return Err(
+            "it was not written with this repository's keys (its header MAC does not match): forged or damaged".into(),
+        );
+    }
+    let vouched = t.blobs.into_iter().map(|b| (b.id, b)).collect();
+    Ok(OpenPack { data, vouched: Some(vouched) })
 }
 
 /// Decodes blobs out of decrypted packs into caller buffers with a reusable
@@ -37,6 +114,8 @@ pub struct BlobDecoder {
     frames: Vec<((ChunkId, u32), Vec<u8>)>,
     /// Shared frames decompressed so far (each costs up to 128 KiB of work).
     pub frames_decompressed: u64,
+    /// Chunks whose keyed hash was checked.
+    pub chunks_hashed: u64,
 }
 
 /// Frames a decoder keeps: enough for the frames of a few backup
@@ -46,7 +125,7 @@ const FRAMES_KEPT: usize = 8;
 impl BlobDecoder {
     pub fn new() -> Result<BlobDecoder, String> {
         let dctx = zstd::bulk::Decompressor::new().map_err(|e| format!("zstd: {e}"))?;
-        Ok(BlobDecoder { dctx, frames: Vec::new(), frames_decompressed: 0 })
+        Ok(BlobDecoder { dctx, frames: Vec::new(), frames_decompressed: 0, chunks_hashed: 0 })
     }
 
     /// Decompress the shared frame of `loc` into `out` (its `frame_raw` bytes).
@@ -68,16 +147,28 @@ impl BlobDecoder {
         Ok(())
     }
 
+    /// Check `data` against `id` when a key is given (`None`: the pack
+    /// vouched for it, see [`OpenPack`]).
+    fn check(&mut self, key: Option<&DedupKey>, id: &ChunkId, data: &[u8]) -> Result<(), String> {
+        if let Some(key) = key {
+            self.chunks_hashed += 1;
+            if key.chunk_id(data) != *id {
+                return Err(format!("blob {id:?} content does not match its id"));
+            }
+        }
+        Ok(())
+    }
+
     /// Decode a whole shared frame straight into `out` when `blobs` are
     /// exactly its chunks in order (how a restore reads a backup's own new
-    /// chunks), checking each chunk's keyed hash in place: no copy out of a
-    /// cached frame. Returns false, touching nothing, when `blobs` are not
-    /// such a sequence (the caller decodes them one by one).
+    /// chunks), checking each chunk's keyed hash in place if `key` is given:
+    /// no copy out of a cached frame. Returns false, touching nothing, when
+    /// `blobs` are not such a sequence (the caller decodes them one by one).
     pub fn decode_frame_into(
         &mut self,
         pack: &[u8],
         blobs: &[(ChunkId, BlobLocation)],
-        key: &DedupKey,
+        key: Option<&DedupKey>,
         out: &mut [u8],
     ) -> Result<bool, String> {
         let Some((first_id, first)) = blobs.first() else { return Ok(false) };
@@ -95,22 +186,20 @@ impl BlobDecoder {
         let mut at = 0usize;
         for (id, l) in blobs {
             let page = &out[at..at + l.raw_length as usize];
-            if key.chunk_id(page) != *id {
-                return Err(format!("blob {id:?} content does not match its id"));
-            }
+            self.check(key, id, page)?;
             at += page.len();
         }
         Ok(true)
     }
 
     /// Decode the blob at `loc` of `pack` (decrypted) into `out`, which is
-    /// exactly the blob's raw length, and check the keyed hash.
+    /// exactly the blob's raw length, and check the keyed hash if `key` is given.
     pub fn decode_into(
         &mut self,
         pack: &[u8],
         loc: &BlobLocation,
         id: &ChunkId,
-        key: &DedupKey,
+        key: Option<&DedupKey>,
         out: &mut [u8],
     ) -> Result<(), String> {
         let compressed = stored(pack, loc, id)?;
@@ -145,10 +234,7 @@ impl BlobDecoder {
             }
             out.copy_from_slice(&frame[from..to]);
         }
-        if key.chunk_id(out) != *id {
-            return Err(format!("blob {id:?} content does not match its id"));
-        }
-        Ok(())
+        self.check(key, id, out)
     }
 }
 
@@ -198,7 +284,7 @@ mod tests {
         let mut d = BlobDecoder::new().unwrap();
         for i in [2, 0, 1, 1] {
             let mut out = vec![0; pages[i].len()];
-            d.decode_into(&pack, &locs[i].1, &locs[i].0, &key, &mut out).unwrap();
+            d.decode_into(&pack, &locs[i].1, &locs[i].0, Some(&key), &mut out).unwrap();
             assert_eq!(out, pages[i]);
         }
         assert_eq!(d.frames_decompressed, 1);
@@ -209,20 +295,22 @@ mod tests {
         let (key, pack, locs, pages) = framed();
         let mut d = BlobDecoder::new().unwrap();
         let mut out = vec![0; pages.concat().len()];
-        assert!(d.decode_frame_into(&pack, &locs, &key, &mut out).unwrap());
+        assert!(d.decode_frame_into(&pack, &locs, Some(&key), &mut out).unwrap());
         assert_eq!(out, pages.concat());
         // Not the whole frame, or out of order: declined, for the page-by-page path.
-        assert!(!d.decode_frame_into(&pack, &locs[..2], &key, &mut out[..pages[0].len() * 2]).unwrap());
+        assert!(!d.decode_frame_into(&pack, &locs[..2], Some(&key), &mut out[..pages[0].len() * 2]).unwrap());
         let swapped = [locs[1], locs[0], locs[2]];
-        assert!(!d.decode_frame_into(&pack, &swapped, &key, &mut out).unwrap());
+        assert!(!d.decode_frame_into(&pack, &swapped, Some(&key), &mut out).unwrap());
         // A page whose id does not match what decompresses: refused.
         let mut wrong = locs.clone();
         wrong[2].0 = wrong[0].0;
-        assert!(d.decode_frame_into(&pack, &wrong, &key, &mut out).unwrap_err().contains("does not match its id"));
+        assert!(
+            d.decode_frame_into(&pack, &wrong, Some(&key), &mut out).unwrap_err().contains("does not match its id")
+        );
         // A flipped byte in the frame: refused one way or the other.
         let mut bad = pack.clone();
         bad[2 + locs[0].1.length as usize / 2] ^= 0x40;
-        assert!(d.decode_frame_into(&bad, &locs, &key, &mut out).is_err());
+        assert!(d.decode_frame_into(&bad, &locs, Some(&key), &mut out).is_err());
     }
 
     /// A later snapshot's new pages (their own frame) interleaved with
@@ -250,7 +338,7 @@ mod tests {
                     (&new_pack, &new[i], &new_pages[i])
                 };
                 let mut out = vec![0; page.len()];
-                d.decode_into(pack, loc, id, &key, &mut out).unwrap();
+                d.decode_into(pack, loc, id, Some(&key), &mut out).unwrap();
                 assert_eq!(&out, page);
             }
         }
@@ -262,7 +350,7 @@ mod tests {
         let (key, pack, locs, _) = framed();
         let decode = |pack: &[u8], loc: &BlobLocation, id: &ChunkId| {
             let mut out = vec![0; loc.raw_length as usize];
-            BlobDecoder::new().unwrap().decode_into(pack, loc, id, &key, &mut out)
+            BlobDecoder::new().unwrap().decode_into(pack, loc, id, Some(&key), &mut out)
         };
         let (id, loc) = locs[1];
         // A flipped byte in the compressed frame: the frame may still

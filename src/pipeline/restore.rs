@@ -1,5 +1,8 @@
 //! Restore: fetch packs in the order a stream needs them, decrypt,
-//! decompress, verify every chunk's keyed hash, write in order.
+//! decompress, verify, write in order. A chunk is verified by its keyed
+//! hash, or, in a format 3 pack whose header MAC checks out, by the pack's
+//! own authenticated trailer (see [`super::pack::OpenPack`]); chunks the
+//! index knows at more than one place are always hashed.
 //!
 //! ```text
 //! pack prefetch (2 packs ahead, background tasks) ──▶ run decoders (cores + 2 in flight) ──▶ writer thread
@@ -23,7 +26,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::stream::{self, StreamExt};
 use sha2::{Digest, Sha256};
 
-use super::pack::BlobDecoder;
+use super::pack::{BlobDecoder, OpenPack, open_pack};
 use crate::crypto::ChunkId;
 use crate::error::{Error, Result};
 use crate::repo::{self, BlobLocation, Index, Keys, Repository, StreamManifest};
@@ -44,7 +47,7 @@ fn decode_depth() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8) + 2
 }
 
-type PackFuture = Shared<BoxFuture<'static, std::result::Result<Arc<Vec<u8>>, Arc<Error>>>>;
+type PackFuture = Shared<BoxFuture<'static, std::result::Result<Arc<OpenPack>, Arc<Error>>>>;
 
 /// A tiny LRU of decrypted packs, shared by concurrent decode jobs so a pack
 /// is fetched once even when several jobs need it at the same time. Each
@@ -91,11 +94,11 @@ impl PackCache {
         let _ = self.slot(pack);
     }
 
-    pub async fn get(&self, pack: ChunkId) -> Result<Arc<Vec<u8>>> {
+    pub async fn get(&self, pack: ChunkId) -> Result<Arc<OpenPack>> {
         Self::wait(self.slot(pack)?).await
     }
 
-    async fn wait(fut: PackFuture) -> Result<Arc<Vec<u8>>> {
+    async fn wait(fut: PackFuture) -> Result<Arc<OpenPack>> {
         fut.await.map_err(|e| match &*e {
             Error::CorruptPack { pack, detail } => Error::CorruptPack { pack: pack.clone(), detail: detail.clone() },
             other => Error::Other(other.to_string()),
@@ -103,12 +106,13 @@ impl PackCache {
     }
 }
 
-/// Download a pack, check its name (SHA-256 of the ciphertext), decrypt it.
-pub async fn fetch_pack(repo: &Repository, keys: &Keys, pack: ChunkId) -> Result<Vec<u8>> {
+/// Download a pack, check its name (SHA-256 of the ciphertext), decrypt it,
+/// and check its header MAC (format 3).
+pub async fn fetch_pack(repo: &Repository, keys: &Keys, pack: ChunkId) -> Result<OpenPack> {
     load_pack(repo, keys, pack, true).await
 }
 
-async fn load_pack(repo: &Repository, keys: &Keys, pack: ChunkId, check_name: bool) -> Result<Vec<u8>> {
+async fn load_pack(repo: &Repository, keys: &Keys, pack: ChunkId, check_name: bool) -> Result<OpenPack> {
     keys.identities("restoring data")?;
     tracing::debug!(pack = %pack.to_hex(), "fetching pack");
     let key = repo::pack_key(&pack);
@@ -121,6 +125,7 @@ async fn load_pack(repo: &Repository, keys: &Keys, pack: ChunkId, check_name: bo
     // Hashing and decryption are CPU work: keep them off the async threads.
     let what = format!("pack {}", pack.to_hex());
     let keys2 = keys.clone();
+    let version = repo.config.version;
     tokio::task::spawn_blocking(move || {
         if check_name {
             let digest: [u8; 32] = Sha256::digest(&ct).into();
@@ -132,10 +137,11 @@ async fn load_pack(repo: &Repository, keys: &Keys, pack: ChunkId, check_name: bo
             }
         }
         let ids = keys2.identities("restoring data")?;
-        ids.decrypt(&what, &ct).map_err(|e| match e {
+        let data = ids.decrypt(&what, &ct).map_err(|e| match e {
             crate::crypto::CryptoError::Corrupt { detail, .. } => Error::CorruptPack { pack: pack.to_hex(), detail },
             other => other.into(),
-        })
+        })?;
+        open_pack(version, &ct, data, &keys2.dedup).map_err(|detail| Error::CorruptPack { pack: pack.to_hex(), detail })
     })
     .await
     .map_err(|e| Error::Other(e.to_string()))?
@@ -169,7 +175,7 @@ thread_local! {
 
 /// Decode one run into `buf` (already sized to the run's raw length);
 /// `packs` holds the decrypted packs of `run.packs`, in that order.
-fn decode_run(run: &Run, packs: &[Arc<Vec<u8>>], dedup: &crate::crypto::DedupKey, buf: &mut [u8]) -> Result<()> {
+fn decode_run(run: &Run, packs: &[Arc<OpenPack>], dedup: &crate::crypto::DedupKey, buf: &mut [u8]) -> Result<()> {
     DECODER.with(|cell| {
         let mut cell = cell.borrow_mut();
         if cell.is_none() {
@@ -181,17 +187,20 @@ fn decode_run(run: &Run, packs: &[Arc<Vec<u8>>], dedup: &crate::crypto::DedupKey
         while k < run.blobs.len() {
             let (id, loc) = &run.blobs[k];
             let which = run.packs.iter().position(|p| *p == loc.pack).expect("plan lists every pack of a run");
+            let pack = &packs[which];
             let corrupt = |detail| Error::CorruptPack { pack: loc.pack.to_hex(), detail };
+            // Hash a chunk unless its authenticated pack vouches for it here.
+            let vouched = |(id, loc): &(ChunkId, BlobLocation)| pack.vouches(id, loc) && !run.ambiguous.contains(id);
             // The start of a shared frame whose chunks all follow in order:
             // decompress it straight into the output.
             if loc.frame_raw != 0 && loc.skip == 0 {
                 let count =
                     run.blobs[k..].iter().take_while(|(_, l)| l.pack == loc.pack && l.offset == loc.offset).count();
                 let end = pos + loc.frame_raw as usize;
+                let frame = &run.blobs[k..k + count];
+                let key = if frame.iter().all(vouched) { None } else { Some(dedup) };
                 if end <= buf.len()
-                    && decoder
-                        .decode_frame_into(&packs[which], &run.blobs[k..k + count], dedup, &mut buf[pos..end])
-                        .map_err(corrupt)?
+                    && decoder.decode_frame_into(&pack.data, frame, key, &mut buf[pos..end]).map_err(corrupt)?
                 {
                     pos = end;
                     k += count;
@@ -199,7 +208,8 @@ fn decode_run(run: &Run, packs: &[Arc<Vec<u8>>], dedup: &crate::crypto::DedupKey
                 }
             }
             let end = pos + loc.raw_length as usize;
-            decoder.decode_into(&packs[which], loc, id, dedup, &mut buf[pos..end]).map_err(corrupt)?;
+            let key = if vouched(&run.blobs[k]) { None } else { Some(dedup) };
+            decoder.decode_into(&pack.data, loc, id, key, &mut buf[pos..end]).map_err(corrupt)?;
             pos = end;
             k += 1;
         }
@@ -211,6 +221,9 @@ struct Run {
     /// Distinct packs of the run's chunks, in first-use order.
     packs: Vec<ChunkId>,
     blobs: Vec<(ChunkId, BlobLocation)>,
+    /// Chunks of the run that the index knows at more than one place
+    /// (usually none): a pack's word is not enough for them.
+    ambiguous: Vec<ChunkId>,
     raw: u64,
 }
 
@@ -220,6 +233,7 @@ fn plan(snapshot: &str, stream: &StreamManifest, index: &Index) -> Result<Vec<Ru
         let loc =
             *index.get(id).ok_or_else(|| Error::MissingChunk { snapshot: snapshot.to_string(), chunk: id.to_hex() })?;
         let len = loc.raw_length as u64;
+        let ambiguous = index.ambiguous.contains_key(id);
         let fits = |r: &Run| r.raw + len <= RUN_LIMIT && (r.packs.contains(&loc.pack) || r.packs.len() < RUN_PACKS);
         match runs.last_mut() {
             Some(r) if fits(r) => {
@@ -228,8 +242,16 @@ fn plan(snapshot: &str, stream: &StreamManifest, index: &Index) -> Result<Vec<Ru
                 }
                 r.blobs.push((*id, loc));
                 r.raw += len;
+                if ambiguous {
+                    r.ambiguous.push(*id);
+                }
             }
-            _ => runs.push(Run { packs: vec![loc.pack], blobs: vec![(*id, loc)], raw: len }),
+            _ => runs.push(Run {
+                packs: vec![loc.pack],
+                blobs: vec![(*id, loc)],
+                ambiguous: if ambiguous { vec![*id] } else { Vec::new() },
+                raw: len,
+            }),
         }
     }
     Ok(runs)

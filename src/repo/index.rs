@@ -82,6 +82,10 @@ pub struct Index {
     pub blobs: IdMap<BlobLocation>,
     /// Pack id -> (stored size, index object that lists it).
     pub packs: IdMap<(u64, String)>,
+    /// Chunks listed at more than one place (two backups stored the same
+    /// new chunk at once, or someone with the write credential added a
+    /// second location). A restore hashes these rather than trust a pack.
+    pub ambiguous: IdMap<()>,
 }
 
 impl Index {
@@ -95,8 +99,18 @@ impl Index {
     pub fn add_pack(&mut self, source: &str, p: &PackRecord) {
         self.packs.insert(p.id, (p.size, source.to_string()));
         for b in &p.blobs {
-            // First writer wins; duplicates across packs are harmless.
-            self.blobs.entry(b.id).or_insert(BlobLocation::of(p.id, b));
+            // First writer wins; a chunk stored twice is remembered as such.
+            let loc = BlobLocation::of(p.id, b);
+            match self.blobs.entry(b.id) {
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(loc);
+                }
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    if *e.get() != loc {
+                        self.ambiguous.insert(b.id, ());
+                    }
+                }
+            }
         }
     }
 

@@ -29,7 +29,7 @@ pub const FORMAT_NAME: &str = "lifeboat-repository";
 /// Version 2 adds shared frames (several small chunks in one zstd frame,
 /// see `PackBlob::frame_raw`); a version 1 repository stays version 1 and is
 /// written without them, so older binaries can still read it.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 const SNAPSHOT_MAGIC: &[u8; 8] = b"LBSNAP01";
 const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
 
@@ -266,12 +266,10 @@ impl Repository {
         let mut index = Index::default();
         let mut set = tokio::task::JoinSet::new();
         for f in files {
-            let backend = self.backend.clone();
-            let id = keys.index_identity.clone();
+            let repo = self.clone();
+            let keys = keys.clone();
             set.spawn(async move {
-                let ct = backend.get(&f.key).await?;
-                let pt = crypto::decrypt_one(&id, &f.key, &ct)?;
-                let file: IndexFile = decode_json(&f.key, &pt)?;
+                let file = repo.read_index_file(&keys, &f.key).await?;
                 Ok::<_, Error>((f.key, file))
             });
         }
@@ -280,6 +278,13 @@ impl Repository {
             index.add_file(&key, file);
         }
         Ok(index)
+    }
+
+    /// One index object, decrypted.
+    pub async fn read_index_file(&self, keys: &Keys, key: &str) -> Result<IndexFile> {
+        let ct = self.backend.get(key).await?;
+        let pt = crypto::decrypt_one(&keys.index_identity, key, &ct)?;
+        decode_json(key, &pt)
     }
 
     pub async fn write_index(&self, keys: &Keys, file: &IndexFile) -> Result<String> {
