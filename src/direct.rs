@@ -180,18 +180,7 @@ impl Stage {
         if n == 0 {
             return Ok(());
         }
-        let at = self.at;
-        let out = &self.buf[self.skew..self.skew + n];
-        match file.write_all_at(out, at) {
-            // Accepted at open, refused at write (a file system that checks
-            // late, or a stricter alignment): write this file buffered.
-            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-                policy.disable();
-                set_direct(file, false)?;
-                file.write_all_at(out, at)?;
-            }
-            r => r?,
-        }
+        write_block(file, policy, &self.buf[self.skew..self.skew + n], self.at)?;
         let rest = self.len - n;
         self.buf.copy_within(self.skew + n..self.skew + self.len, self.skew);
         self.len = rest;
@@ -202,6 +191,96 @@ impl Stage {
     /// Forget what is staged (after a failed write).
     pub fn clear(&mut self) {
         self.len = 0;
+    }
+}
+
+/// Write aligned `out` at `at`; a file that accepted `O_DIRECT` at open but
+/// refuses it at write (a file system that checks late, or a stricter
+/// alignment) is written buffered from then on.
+fn write_block(file: &File, policy: &DirectPolicy, out: &[u8], at: u64) -> io::Result<()> {
+    match file.write_all_at(out, at) {
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            policy.disable();
+            set_direct(file, false)?;
+            file.write_all_at(out, at)
+        }
+        r => r,
+    }
+}
+
+/// Full stages of one file written by two background threads, so that the
+/// device has two requests to work on and the next stage fills meanwhile:
+/// a direct write waits for the device, and one request at a time left a
+/// restore's writer idle half the time. Stages go out at their own offsets
+/// (`pwrite`), so their order does not matter.
+struct Flusher {
+    full: Option<std::sync::mpsc::SyncSender<Stage>>,
+    free: std::sync::mpsc::Receiver<io::Result<Stage>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Stages per flusher: one filling, two being written, one queued.
+const FLUSH_STAGES: usize = 4;
+
+impl Flusher {
+    fn new(file: &File, policy: &'static DirectPolicy) -> io::Result<(Flusher, Stage)> {
+        let (full, full_rx) = std::sync::mpsc::sync_channel::<Stage>(FLUSH_STAGES);
+        let (free_tx, free) = std::sync::mpsc::sync_channel(FLUSH_STAGES);
+        let full_rx = std::sync::Arc::new(std::sync::Mutex::new(full_rx));
+        let mut threads = Vec::new();
+        for i in 0..2 {
+            let (rx, tx, file) = (full_rx.clone(), free_tx.clone(), file.try_clone()?);
+            let t = std::thread::Builder::new().name(format!("lifeboat-write-{i}")).spawn(move || {
+                loop {
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(mut stage) = job else { return };
+                    let n = stage.len;
+                    let r = write_block(&file, policy, &stage.buf[stage.skew..stage.skew + n], stage.at);
+                    stage.len = 0;
+                    if tx.send(r.map(|()| stage)).is_err() {
+                        return;
+                    }
+                }
+            })?;
+            threads.push(t);
+        }
+        for _ in 1..FLUSH_STAGES {
+            free_tx.send(Ok(Stage::default())).map_err(|_| io::Error::other("flusher stopped"))?;
+        }
+        Ok((Flusher { full: Some(full), free, threads }, Stage::default()))
+    }
+
+    /// Queue a full stage (its `len` bytes go at its `at`) and return an empty one.
+    fn swap(&mut self, stage: Stage) -> io::Result<Stage> {
+        let full = self.full.as_ref().ok_or_else(|| io::Error::other("flusher stopped"))?;
+        full.send(stage).map_err(|_| io::Error::other("writer thread stopped"))?;
+        self.free.recv().map_err(|_| io::Error::other("writer thread stopped"))?
+    }
+
+    /// Wait for every queued stage; the first write error, if any.
+    fn finish(&mut self) -> io::Result<()> {
+        self.full = None;
+        let mut first = Ok(());
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        while let Ok(r) = self.free.try_recv() {
+            if let Err(e) = r {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+}
+
+impl Drop for Flusher {
+    fn drop(&mut self) {
+        let _ = self.finish();
     }
 }
 
@@ -243,6 +322,8 @@ pub struct DirectFile {
     direct: bool,
     policy: &'static DirectPolicy,
     stage: Option<Stage>,
+    /// Writes full stages in the background (direct files only).
+    flusher: Option<Flusher>,
     /// Offset of the next byte.
     at: u64,
     /// Sync on flush (a file we created; not somebody else's stdout).
@@ -256,8 +337,9 @@ impl DirectFile {
     pub fn create(path: &Path, size: u64) -> io::Result<DirectFile> {
         let policy = DirectPolicy::global();
         let (file, direct) = policy.create(path, size)?;
-        let stage = direct.then(Stage::default);
-        Ok(DirectFile { file, direct, policy, stage, at: 0, sync: true, seek_at_end: false })
+        let (flusher, stage) =
+            if direct { Flusher::new(&file, policy).map(|(f, s)| (Some(f), Some(s)))? } else { (None, None) };
+        Ok(DirectFile { file, direct, policy, stage, flusher, at: 0, sync: true, seek_at_end: false })
     }
 
     /// Standard output, when it is a regular file (`lifeboat restore … >
@@ -284,12 +366,17 @@ impl DirectFile {
         if !at.is_multiple_of(ALIGN as u64) || set_direct(&file, true).is_err() {
             return None;
         }
+        let Ok((flusher, stage)) = Flusher::new(&file, policy) else {
+            let _ = set_direct(&file, false);
+            return None;
+        };
         tracing::debug!(offset = at, "stdout is a regular file: writing it with O_DIRECT");
         Some(DirectFile {
             file,
             direct: true,
             policy,
-            stage: Some(Stage::default()),
+            stage: Some(stage),
+            flusher: Some(flusher),
             at,
             sync: false,
             seek_at_end: true,
@@ -303,9 +390,11 @@ impl DirectFile {
             return Ok(());
         }
         self.direct = false;
+        // Every full stage first, then the tail (it clears O_DIRECT).
+        let flushed = self.flusher.take().map_or(Ok(()), |mut f| f.finish());
         let staged = match &mut self.stage {
-            Some(stage) => stage.write(&self.file, self.policy, self.at, &[], true),
-            None => Ok(()),
+            Some(stage) if flushed.is_ok() => stage.write(&self.file, self.policy, self.at, &[], true),
+            _ => flushed,
         };
         let cleared = set_direct(&self.file, false);
         if self.seek_at_end {
@@ -318,9 +407,28 @@ impl DirectFile {
 
 impl io::Write for DirectFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match (&mut self.stage, self.direct) {
-            (Some(stage), true) => stage.write(&self.file, self.policy, self.at, buf, false)?,
-            _ => self.file.write_all_at(buf, self.at)?,
+        if !(self.direct && self.stage.is_some() && self.flusher.is_some()) {
+            self.file.write_all_at(buf, self.at)?;
+            self.at += buf.len() as u64;
+            return Ok(buf.len());
+        }
+        let gone = || io::Error::other("direct writer stopped after an earlier error");
+        let mut data = buf;
+        while !data.is_empty() {
+            let at = self.at + (buf.len() - data.len()) as u64;
+            let stage = self.stage.as_mut().ok_or_else(gone)?;
+            if stage.len == 0 {
+                stage.at = at;
+            }
+            let take = (STAGE - stage.len).min(data.len());
+            let from = stage.len;
+            stage.window()[from..from + take].copy_from_slice(&data[..take]);
+            stage.len += take;
+            data = &data[take..];
+            if stage.len == STAGE {
+                let full = self.stage.take().ok_or_else(gone)?;
+                self.stage = Some(self.flusher.as_mut().ok_or_else(gone)?.swap(full)?);
+            }
         }
         self.at += buf.len() as u64;
         Ok(buf.len())
@@ -391,7 +499,9 @@ mod tests {
     fn a_direct_file_is_exact_after_flush() {
         use std::io::Write;
         let d = tmp("file");
-        let data: Vec<u8> = (0..STAGE * 2 + 7777).map(|i| (i % 251) as u8).collect();
+        // More full stages than the flusher holds, so stages are reused
+        // while the two writer threads still write others.
+        let data: Vec<u8> = (0..STAGE * (FLUSH_STAGES * 2 + 1) + 7777).map(|i| (i % 251) as u8).collect();
         let path = d.join("out");
         let mut f = DirectFile::create(&path, data.len() as u64).unwrap();
         for piece in data.chunks(123_457) {
