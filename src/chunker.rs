@@ -112,7 +112,30 @@ pub fn chunks_with_layout<R: Read>(reader: R, p: ChunkerParams, layout: Layout) 
         Layout::Cdc => None,
         Layout::TarPages { page } => Some(TarCursor { page: page.max(512) as u64, ..TarCursor::default() }),
     };
-    Chunks { reader, p, buf: BytesMut::new(), scratch: vec![0; READ_SIZE], eof: false, tar }
+    Chunks { reader, p, buf: BytesMut::new(), scratch: vec![0; READ_SIZE], eof: false, tar, mapped: None }
+}
+
+/// [`chunks_with_layout`] over bytes already in memory (a mapped file,
+/// see `source::Mapped`): chunks are views of `data`, nothing is copied.
+/// `done(upto)` is told how far the chunker has got, so a mapping can drop
+/// pages far behind it.
+pub fn chunks_in_memory(
+    data: Bytes,
+    p: ChunkerParams,
+    layout: Layout,
+    done: Box<dyn FnMut(usize) + Send>,
+) -> Chunks<std::io::Empty> {
+    let mut c = chunks_with_layout(std::io::empty(), p, layout);
+    c.eof = true;
+    c.scratch = Vec::new();
+    c.mapped = Some(InMemory { total: data.len(), rest: data, done });
+    c
+}
+
+struct InMemory {
+    rest: Bytes,
+    total: usize,
+    done: Box<dyn FnMut(usize) + Send>,
 }
 
 pub struct Chunks<R> {
@@ -122,6 +145,7 @@ pub struct Chunks<R> {
     scratch: Vec<u8>,
     eof: bool,
     tar: Option<TarCursor>,
+    mapped: Option<InMemory>,
 }
 
 /// Where a tar-aware cutter is in the archive. Offsets are absolute stream
@@ -256,13 +280,19 @@ impl<R: Read> Iterator for Chunks<R> {
     type Item = std::io::Result<Bytes>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if let Err(e) = self.fill() {
+        if self.mapped.is_none()
+            && let Err(e) = self.fill()
+        {
             return Some(Err(e));
         }
-        if self.buf.is_empty() {
+        let avail: &[u8] = match &self.mapped {
+            Some(m) => &m.rest,
+            None => &self.buf,
+        };
+        if avail.is_empty() {
             return None;
         }
-        let window = &self.buf[..self.buf.len().min(self.p.max_size as usize)];
+        let window = &avail[..avail.len().min(self.p.max_size as usize)];
         let end = match &mut self.tar {
             None => {
                 let cdc = fastcdc::v2020::FastCDC::new(window, self.p.min_size, self.p.avg_size, self.p.max_size);
@@ -274,13 +304,42 @@ impl<R: Read> Iterator for Chunks<R> {
                 end
             }
         };
-        Some(Ok(self.buf.split_to(end).freeze()))
+        Some(Ok(match &mut self.mapped {
+            Some(m) => {
+                let chunk = m.rest.split_to(end);
+                (m.done)(m.total - m.rest.len());
+                chunk
+            }
+            None => self.buf.split_to(end).freeze(),
+        }))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn in_memory_chunks_cut_exactly_like_read_ones() {
+        let mut data = Vec::new();
+        let mut x: u64 = 5;
+        for _ in 0..(3 << 20) {
+            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            data.push((x >> 33) as u8);
+        }
+        let p = ChunkerParams { min_size: 16 * 1024, avg_size: 64 * 1024, max_size: 256 * 1024 };
+        let read: Vec<Bytes> = chunks(&data[..], p).collect::<Result<_, _>>().unwrap();
+        let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let s2 = seen.clone();
+        let done = Box::new(move |n| s2.lock().unwrap().push(n));
+        let mem: Vec<Bytes> =
+            chunks_in_memory(Bytes::from(data.clone()), p, Layout::Cdc, done).collect::<Result<_, _>>().unwrap();
+        assert_eq!(read, mem);
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.len(), mem.len());
+        assert_eq!(*seen.last().unwrap(), data.len());
+        assert!(chunks_in_memory(Bytes::new(), p, Layout::Cdc, Box::new(|_| ())).next().is_none());
+    }
 
     #[test]
     fn chunks_reassemble_and_resync_after_insert() {

@@ -268,10 +268,10 @@ impl Flusher {
             let _ = t.join();
         }
         while let Ok(r) = self.free.try_recv() {
-            if let Err(e) = r {
-                if first.is_ok() {
-                    first = Err(e);
-                }
+            if let Err(e) = r
+                && first.is_ok()
+            {
+                first = Err(e);
             }
         }
         first

@@ -813,7 +813,12 @@ async fn backup(a: BackupArgs, json: bool) -> Result<ExitCode> {
         let name = a.name.clone().unwrap_or_default();
         let opts = BackupOptions { name, kind: "stdin".into(), tags: a.tags.clone() };
         let mut session = BackupSession::start(&repo, &keys, opts).await?;
-        let r = session.add_stream("stdin", lifeboat::source::stdin()).await.map(|_| serde_json::Value::Null);
+        // A file redirected to stdin is mapped rather than read (no copies).
+        let r = match lifeboat::source::Mapped::stdin() {
+            Some(m) => session.add_mapped_stream("stdin", m).await,
+            None => session.add_stream("stdin", lifeboat::source::stdin()).await,
+        }
+        .map(|_| serde_json::Value::Null);
         session.finish(r).await?
     } else {
         eprintln!("error: give --stdin --name NAME, or --policy FILE JOB");

@@ -233,3 +233,27 @@ fn snapshots_lists_json_and_text() {
     let text = ok(&run(&["snapshots", "--repo", &f.repo, "--identity", f.id(), "--name", "a"]));
     assert!(text.contains("1 snapshot(s)") && text.contains(" a "), "{text}");
 }
+
+/// A file redirected to stdin is mapped, not read (`source::Mapped`): the
+/// snapshot holds exactly the bytes from stdin's offset on, and the shared
+/// offset ends at the end of the file, as if it had been read.
+#[test]
+fn a_file_on_stdin_is_mapped_from_its_offset_and_round_trips() {
+    use std::io::{Seek, SeekFrom};
+    let f = Fixture::local();
+    let data = mixed_data(21, 6 << 20);
+    let path = f.dir.path().join("input");
+    std::fs::write(&path, &data).unwrap();
+    let mut input = std::fs::File::open(&path).unwrap();
+    // An unaligned start: the mapping begins at a page boundary before it.
+    input.seek(SeekFrom::Start(12_345)).unwrap();
+    let out = bin()
+        .args(["-vv", "backup", "--repo", &f.repo, "--write-key", f.wk(), "--stdin", "--name", "mapped"])
+        .stdin(input.try_clone().unwrap())
+        .output()
+        .unwrap();
+    let id = ok(&out).trim().to_string();
+    assert!(stderr(&out).contains("mapping it"), "took the mapped path: {}", stderr(&out));
+    assert_eq!(input.stream_position().unwrap(), data.len() as u64, "stdin's offset moved to the end");
+    assert_eq!(sha(&f.restore(&id)), sha(&data[12_345..]));
+}

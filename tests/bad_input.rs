@@ -290,3 +290,52 @@ fn full_disk_fails_cleanly_and_loses_nothing() {
     assert!(left.is_empty(), "temp files left behind: {left:?}");
     assert!(f.restore(&id) == data, "the snapshot still restores");
 }
+
+/// A file on stdin is mapped; if another process truncates it meanwhile,
+/// the backup gets SIGBUS instead of a short read. That must be one clear
+/// line and exit 1, no snapshot, and the repository usable afterwards.
+#[test]
+fn a_stdin_file_truncated_during_backup_fails_cleanly() {
+    use std::io::{BufRead, BufReader};
+    let f = Fixture::local();
+    let path = f.dir.path().join("input");
+    let status = std::process::Command::new("sh")
+        .args(["-c", &format!("head -c 200000000 /dev/urandom > {}", path.display())])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mut child = bin()
+        .args(["-vv", "backup", "--repo", &f.repo, "--write-key", f.wk(), "--stdin", "--name", "shrinks"])
+        .stdin(std::fs::File::open(&path).unwrap())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Truncate as soon as the file is mapped: the chunker is then at most a
+    // few MiB into 200 MB.
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut log = String::new();
+    loop {
+        let mut line = String::new();
+        assert!(err.read_line(&mut line).unwrap() > 0, "backup ended before mapping: {log}");
+        log.push_str(&line);
+        if line.contains("mapping it") {
+            break;
+        }
+    }
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(1 << 20).unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut err, &mut rest).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(1), "{log}{rest}");
+    let errors: Vec<&str> = rest.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(errors.len(), 1, "{rest}");
+    assert!(errors[0].contains("became shorter while it was being backed up"), "{rest}");
+    assert!(!rest.contains("panicked"), "{rest}");
+    let list = ok(&run(&["snapshots", "--repo", &f.repo, "--identity", f.id()]));
+    assert!(!list.contains("shrinks"), "no snapshot of a truncated file: {list}");
+    let data = mixed_data(5, 2 << 20);
+    let id = f.backup("after", &data);
+    ok(&run(&["check", "--repo", &f.repo, "--identity", f.id()]));
+    assert_eq!(f.restore(&id), data);
+}

@@ -176,6 +176,22 @@ impl BackupSession {
         reader: R,
         layout: chunker::Layout,
     ) -> Result<&StreamManifest> {
+        let chunks = chunker::chunks_with_layout(reader, self.repo.config.chunker, layout);
+        self.add_chunks(name, chunks).await
+    }
+
+    /// [`add_stream`](Self::add_stream) for a stream already in memory, e.g.
+    /// a file on standard input, mapped (`source::Mapped`): no read copies.
+    pub async fn add_mapped_stream(&mut self, name: &str, input: crate::source::Mapped) -> Result<&StreamManifest> {
+        let (data, done) = input.into_parts();
+        let chunks = chunker::chunks_in_memory(data, self.repo.config.chunker, chunker::Layout::Cdc, done);
+        self.add_chunks(name, chunks).await
+    }
+
+    async fn add_chunks<I>(&mut self, name: &str, chunks: I) -> Result<&StreamManifest>
+    where
+        I: Iterator<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
         let span = tracing::info_span!("stream", name);
         // The blocking part needs the session's packer state; move it in and back out.
         let mut state = PackerState {
@@ -189,13 +205,12 @@ impl BackupSession {
             pack_tx: self.pack_tx.clone().ok_or_else(|| Error::Other("backup session already committed".into()))?,
             pack_size: self.repo.config.pack_size as usize,
         };
-        let params = self.repo.config.chunker;
         let compress =
             Compression { level: self.repo.config.compression_level, shared_frames: self.repo.config.version >= 2 };
         let dedup = self.keys.dedup.clone();
         let joined = tokio::task::spawn_blocking(move || {
             let _e = span.enter();
-            let r = run_stream(reader, params, layout, compress, dedup, &mut state);
+            let r = run_stream(chunks, compress, dedup, &mut state);
             (state, r)
         })
         .await
@@ -327,14 +342,15 @@ struct PackerState {
 }
 
 /// Chunk, hash, compress and pack one stream. Runs on blocking threads.
-fn run_stream<R: Read + Send + 'static>(
-    reader: R,
-    params: chunker::ChunkerParams,
-    layout: chunker::Layout,
+fn run_stream<I>(
+    chunks: I,
     compress: Compression,
     dedup: crypto::DedupKey,
     st: &mut PackerState,
-) -> Result<(u64, Vec<ChunkId>)> {
+) -> Result<(u64, Vec<ChunkId>)>
+where
+    I: Iterator<Item = std::io::Result<Bytes>> + Send + 'static,
+{
     let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2).clamp(1, 8);
     // Chunks travel in numbered batches: a hand-off between threads costs a
     // futex wake-up, which page-sized chunks (8 KiB) would pay 128 times
@@ -354,7 +370,7 @@ fn run_stream<R: Read + Send + 'static>(
                 seq += 1;
                 raw_tx.send((seq - 1, std::mem::take(batch))).is_ok()
             };
-            for c in chunker::chunks_with_layout(reader, params, layout) {
+            for c in chunks {
                 match c {
                     Ok(data) => {
                         batch_bytes += data.len();

@@ -6,6 +6,7 @@
 
 pub mod etcd;
 pub mod kubernetes;
+pub mod mapped;
 pub mod postgres;
 pub mod redis;
 pub mod wal;
@@ -140,6 +141,8 @@ pub fn describe(status: std::process::ExitStatus) -> String {
         _ => "an unknown status".into(),
     }
 }
+
+pub use self::mapped::Mapped;
 
 /// Standard input as a `Read + Send + 'static` stream.
 pub fn stdin() -> impl Read + Send + 'static {
