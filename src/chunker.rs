@@ -319,14 +319,19 @@ impl<R: Read> Iterator for Chunks<R> {
 mod tests {
     use super::*;
 
+    /// Pseudo-random bytes (an LCG's high bits).
+    fn lcg_bytes(mut x: u64, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                (x >> 33) as u8
+            })
+            .collect()
+    }
+
     #[test]
     fn in_memory_chunks_cut_exactly_like_read_ones() {
-        let mut data = Vec::new();
-        let mut x: u64 = 5;
-        for _ in 0..(3 << 20) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            data.push((x >> 33) as u8);
-        }
+        let data = lcg_bytes(5, 3 << 20);
         let p = ChunkerParams { min_size: 16 * 1024, avg_size: 64 * 1024, max_size: 256 * 1024 };
         let read: Vec<Bytes> = chunks(&data[..], p).collect::<Result<_, _>>().unwrap();
         let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -343,12 +348,7 @@ mod tests {
 
     #[test]
     fn chunks_reassemble_and_resync_after_insert() {
-        let mut data = Vec::new();
-        let mut x: u64 = 1;
-        for _ in 0..(8 << 20) {
-            x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
-            data.push((x >> 33) as u8);
-        }
+        let data = lcg_bytes(1, 8 << 20);
         let p = ChunkerParams { min_size: 16 * 1024, avg_size: 64 * 1024, max_size: 256 * 1024 };
         let a: Vec<Bytes> = chunks(&data[..], p).collect::<Result<_, _>>().unwrap();
         assert_eq!(a.concat(), data);

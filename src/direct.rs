@@ -128,6 +128,15 @@ impl Stage {
         &mut self.buf[self.skew..self.skew + STAGE]
     }
 
+    /// Stage as much of `data` as fits; returns how many bytes that was.
+    fn fill(&mut self, data: &[u8]) -> usize {
+        let take = (STAGE - self.len).min(data.len());
+        let from = self.len;
+        self.window()[from..from + take].copy_from_slice(&data[..take]);
+        self.len += take;
+        take
+    }
+
     /// Append `data`, which goes at `at` in `file` (right after what is
     /// staged: a file's pieces come in order), writing out full stages.
     /// With `last`, write everything and forget the file.
@@ -151,11 +160,7 @@ impl Stage {
             )));
         }
         while !data.is_empty() {
-            let take = (STAGE - self.len).min(data.len());
-            let from = self.len;
-            self.window()[from..from + take].copy_from_slice(&data[..take]);
-            self.len += take;
-            data = &data[take..];
+            data = &data[self.fill(data)..];
             if self.len == STAGE {
                 self.flush(file, policy, STAGE)?;
             }
@@ -420,11 +425,7 @@ impl io::Write for DirectFile {
             if stage.len == 0 {
                 stage.at = at;
             }
-            let take = (STAGE - stage.len).min(data.len());
-            let from = stage.len;
-            stage.window()[from..from + take].copy_from_slice(&data[..take]);
-            stage.len += take;
-            data = &data[take..];
+            data = &data[stage.fill(data)..];
             if stage.len == STAGE {
                 let full = self.stage.take().ok_or_else(gone)?;
                 self.stage = Some(self.flusher.as_mut().ok_or_else(gone)?.swap(full)?);
