@@ -108,11 +108,7 @@ pub const MAX_PAGE_CHUNKS: u64 = 1 << 19;
 
 /// [`chunks`] with a declared stream layout.
 pub fn chunks_with_layout<R: Read>(reader: R, p: ChunkerParams, layout: Layout) -> Chunks<R> {
-    let tar = match layout {
-        Layout::Cdc => None,
-        Layout::TarPages { page } => Some(TarCursor { page: page.max(512) as u64, ..TarCursor::default() }),
-    };
-    Chunks { reader, p, buf: BytesMut::new(), scratch: vec![0; READ_SIZE], eof: false, tar, mapped: None }
+    Chunks::new(reader, p, layout, None)
 }
 
 /// [`chunks_with_layout`] over bytes already in memory (a mapped file,
@@ -125,11 +121,7 @@ pub fn chunks_in_memory(
     layout: Layout,
     done: Box<dyn FnMut(usize) + Send>,
 ) -> Chunks<std::io::Empty> {
-    let mut c = chunks_with_layout(std::io::empty(), p, layout);
-    c.eof = true;
-    c.scratch = Vec::new();
-    c.mapped = Some(InMemory { total: data.len(), rest: data, done });
-    c
+    Chunks::new(std::io::empty(), p, layout, Some(InMemory { total: data.len(), rest: data, done }))
 }
 
 struct InMemory {
@@ -255,6 +247,16 @@ fn is_relation_path(prefix: &str, name: &str) -> bool {
 }
 
 impl<R: Read> Chunks<R> {
+    fn new(reader: R, p: ChunkerParams, layout: Layout, mapped: Option<InMemory>) -> Chunks<R> {
+        let tar = match layout {
+            Layout::Cdc => None,
+            Layout::TarPages { page } => Some(TarCursor { page: page.max(512) as u64, ..TarCursor::default() }),
+        };
+        // In memory there is nothing to read: no scratch buffer, and the end is known.
+        let (scratch, eof) = if mapped.is_some() { (Vec::new(), true) } else { (vec![0; READ_SIZE], false) };
+        Chunks { reader, p, buf: BytesMut::new(), scratch, eof, tar, mapped }
+    }
+
     /// Read until a whole `max_size` window is buffered, or the source ends.
     fn fill(&mut self) -> std::io::Result<()> {
         let want = self.p.max_size as usize;
