@@ -21,6 +21,9 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use crate::pipeline::{Recycle, RunBuf, Sink};
 
 /// Alignment of direct writes: the largest logical block size in common
 /// use (512-byte-sector devices accept it too).
@@ -219,9 +222,20 @@ fn write_block(file: &File, policy: &DirectPolicy, out: &[u8], at: u64) -> io::R
 /// restore's writer idle half the time. Stages go out at their own offsets
 /// (`pwrite`), so their order does not matter.
 struct Flusher {
-    full: Option<std::sync::mpsc::SyncSender<Stage>>,
+    full: Option<std::sync::mpsc::SyncSender<Job>>,
     free: std::sync::mpsc::Receiver<io::Result<Stage>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// The first failed write of a run buffer (a stage's comes back on `free`).
+    failed: Arc<Mutex<Option<io::Error>>>,
+}
+
+/// What a flusher thread writes.
+enum Job {
+    /// A full stage, sent back on `free` once written.
+    Stage(Stage),
+    /// Whole blocks straight from a restore's run buffer: `buf[from..from +
+    /// len]` at `at`; the buffer goes back through `recycle` once written.
+    Run { buf: Vec<u8>, from: usize, len: usize, at: u64, recycle: Recycle },
 }
 
 /// Stages per flusher: one filling, two being written, one queued.
@@ -229,24 +243,37 @@ const FLUSH_STAGES: usize = 4;
 
 impl Flusher {
     fn new(file: &File, policy: &'static DirectPolicy) -> io::Result<(Flusher, Stage)> {
-        let (full, full_rx) = std::sync::mpsc::sync_channel::<Stage>(FLUSH_STAGES);
+        let (full, full_rx) = std::sync::mpsc::sync_channel::<Job>(FLUSH_STAGES);
         let (free_tx, free) = std::sync::mpsc::sync_channel(FLUSH_STAGES);
-        let full_rx = std::sync::Arc::new(std::sync::Mutex::new(full_rx));
+        let full_rx = Arc::new(Mutex::new(full_rx));
+        let failed = Arc::new(Mutex::new(None));
         let mut threads = Vec::new();
         for i in 0..2 {
-            let (rx, tx, file) = (full_rx.clone(), free_tx.clone(), file.try_clone()?);
+            let (rx, tx, file, failed) = (full_rx.clone(), free_tx.clone(), file.try_clone()?, failed.clone());
             let t = std::thread::Builder::new().name(format!("lifeboat-write-{i}")).spawn(move || {
                 loop {
                     let job = match rx.lock() {
                         Ok(rx) => rx.recv(),
                         Err(_) => return,
                     };
-                    let Ok(mut stage) = job else { return };
-                    let n = stage.len;
-                    let r = write_block(&file, policy, &stage.buf[stage.skew..stage.skew + n], stage.at);
-                    stage.len = 0;
-                    if tx.send(r.map(|()| stage)).is_err() {
-                        return;
+                    match job {
+                        Err(_) => return,
+                        Ok(Job::Stage(mut stage)) => {
+                            let n = stage.len;
+                            let r = write_block(&file, policy, &stage.buf[stage.skew..stage.skew + n], stage.at);
+                            stage.len = 0;
+                            if tx.send(r.map(|()| stage)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(Job::Run { buf, from, len, at, recycle }) => {
+                            if let Err(e) = write_block(&file, policy, &buf[from..from + len], at)
+                                && let Ok(mut f) = failed.lock()
+                            {
+                                f.get_or_insert(e);
+                            }
+                            recycle(buf);
+                        }
                     }
                 }
             })?;
@@ -255,17 +282,30 @@ impl Flusher {
         for _ in 1..FLUSH_STAGES {
             free_tx.send(Ok(Stage::default())).map_err(|_| io::Error::other("flusher stopped"))?;
         }
-        Ok((Flusher { full: Some(full), free, threads }, Stage::default()))
+        Ok((Flusher { full: Some(full), free, threads, failed }, Stage::default()))
+    }
+
+    /// Queue a job; an earlier run buffer's write error, if any.
+    fn send(&mut self, job: Job) -> io::Result<()> {
+        if let Some(e) = self.error() {
+            return Err(e);
+        }
+        let full = self.full.as_ref().ok_or_else(|| io::Error::other("flusher stopped"))?;
+        full.send(job).map_err(|_| io::Error::other("writer thread stopped"))
+    }
+
+    fn error(&self) -> Option<io::Error> {
+        let failed = self.failed.lock().ok()?;
+        failed.as_ref().map(|e| io::Error::new(e.kind(), e.to_string()))
     }
 
     /// Queue a full stage (its `len` bytes go at its `at`) and return an empty one.
     fn swap(&mut self, stage: Stage) -> io::Result<Stage> {
-        let full = self.full.as_ref().ok_or_else(|| io::Error::other("flusher stopped"))?;
-        full.send(stage).map_err(|_| io::Error::other("writer thread stopped"))?;
+        self.send(Job::Stage(stage))?;
         self.free.recv().map_err(|_| io::Error::other("writer thread stopped"))?
     }
 
-    /// Wait for every queued stage; the first write error, if any.
+    /// Wait for every queued job; the first write error, if any.
     fn finish(&mut self) -> io::Result<()> {
         self.full = None;
         let mut first = Ok(());
@@ -279,7 +319,10 @@ impl Flusher {
                 first = Err(e);
             }
         }
-        first
+        match self.error() {
+            Some(e) if first.is_ok() => Err(e),
+            _ => first,
+        }
     }
 }
 
@@ -441,6 +484,65 @@ impl io::Write for DirectFile {
     }
 }
 
+/// A restore into a direct file: whole blocks go to the writer threads
+/// straight from the run buffers, which restore lays out for that (see
+/// [`Sink::align`]); only the partial block where two runs meet is copied.
+impl Sink for DirectFile {
+    fn put(&mut self, mut run: RunBuf, recycle: &Recycle) -> io::Result<()> {
+        let len = run.len();
+        let Some((from, whole, at)) = self.place(&mut run) else {
+            // Not laid out for us (or small): through the stage.
+            io::Write::write_all(self, &run)?;
+            recycle(run.into_vec());
+            return Ok(());
+        };
+        let flusher = self.flusher.as_mut().ok_or_else(|| io::Error::other("direct writer stopped"))?;
+        flusher.send(Job::Run { buf: run.into_vec(), from, len: whole, at, recycle: recycle.clone() })?;
+        self.at += len as u64;
+        Ok(())
+    }
+
+    fn end(&mut self) -> io::Result<()> {
+        io::Write::flush(self)
+    }
+
+    fn align(&self) -> usize {
+        if self.direct && self.flusher.is_some() { ALIGN } else { 1 }
+    }
+}
+
+impl DirectFile {
+    /// Complete `run`'s first block with the staged partial block, and stage
+    /// its own last partial block instead: `(from, len, at)` of the whole
+    /// blocks left to write straight from the buffer. `None` when the buffer
+    /// has no aligned room for that, or holds no whole block.
+    fn place(&mut self, run: &mut RunBuf) -> Option<(usize, usize, u64)> {
+        if !self.direct || self.flusher.is_none() {
+            return None;
+        }
+        let at = self.at;
+        let stage = self.stage.as_mut()?;
+        let pad = stage.len;
+        let base = at.checked_sub(pad as u64)?;
+        if pad >= ALIGN || !base.is_multiple_of(ALIGN as u64) || (pad > 0 && stage.at != base) {
+            return None;
+        }
+        let len = run.len();
+        let (buf, start) = run.parts_mut();
+        let whole = (pad + len) / ALIGN * ALIGN;
+        if start < pad || whole == 0 || !(buf.as_ptr() as usize + start - pad).is_multiple_of(ALIGN) {
+            return None;
+        }
+        let from = start - pad;
+        buf[from..start].copy_from_slice(&stage.window()[..pad]);
+        let tail = pad + len - whole;
+        stage.window()[..tail].copy_from_slice(&buf[from + whole..from + whole + tail]);
+        stage.at = base + whole as u64;
+        stage.len = tail;
+        Some((from, whole, base))
+    }
+}
+
 impl Drop for DirectFile {
     fn drop(&mut self) {
         // A failed restore never flushed: leave stdout as we found it.
@@ -491,6 +593,47 @@ mod tests {
         stage.write(&file, &DirectPolicy::default(), 0, &[1; 10], false).unwrap();
         let err = stage.write(&file, &DirectPolicy::default(), 20, &[1; 10], true).unwrap_err();
         assert!(err.to_string().contains("out of order"), "{err}");
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// As a restore sink: runs laid out for it are written straight from
+    /// their buffers (whole blocks on the writer threads, partial blocks
+    /// carried to the next run), runs that are not (or are tiny) go through
+    /// the stage, the file is exact either way, and every buffer comes back.
+    #[test]
+    fn a_direct_sink_writes_runs_in_place_and_hands_every_buffer_back() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let d = tmp("sink");
+        let back = Arc::new(AtomicUsize::new(0));
+        let b = back.clone();
+        let recycle: Recycle = Arc::new(move |_| {
+            b.fetch_add(1, Ordering::SeqCst);
+        });
+        // Run sizes: block-sized, odd, tiny (inside one block), several MiB.
+        let sizes = [4096usize, 1, 100, 4095, 3 * STAGE + 17, 8191, 12_289, STAGE, 5, 1 << 20, 777];
+        let total: usize = sizes.iter().sum::<usize>() * 3;
+        let data: Vec<u8> = (0..total).map(|i| (i % 253) as u8 ^ (i >> 12) as u8).collect();
+        let path = d.join("out");
+        let mut f = DirectFile::create(&path, total as u64).unwrap();
+        let align = f.align();
+        assert_eq!(align, ALIGN, "a fresh file on this file system takes O_DIRECT");
+        let (mut at, mut puts) = (0usize, 0);
+        for (k, len) in sizes.iter().cycle().take(sizes.len() * 3).enumerate() {
+            // Every third run arrives as a plain buffer, not laid out.
+            let mut run = if k % 3 == 2 {
+                RunBuf::from(vec![0u8; *len])
+            } else {
+                RunBuf::placed(Vec::new(), *len, align, at as u64)
+            };
+            run.copy_from_slice(&data[at..at + len]);
+            f.put(run, &recycle).unwrap();
+            at += len;
+            puts += 1;
+        }
+        f.end().unwrap();
+        drop(f);
+        assert_eq!(back.load(Ordering::SeqCst), puts, "every buffer handed back");
+        assert!(std::fs::read(&path).unwrap() == data, "the file is exactly the runs, in order");
         std::fs::remove_dir_all(&d).unwrap();
     }
 

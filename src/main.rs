@@ -11,7 +11,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use lifeboat::crypto::{self, Identities, WriteCredential};
 use lifeboat::direct::DirectFile;
-use lifeboat::pipeline::{BackupOptions, BackupSession, restore_stream};
+use lifeboat::pipeline::{BackupOptions, BackupSession, restore_stream, restore_stream_to};
 use lifeboat::policy::{JobKind, Policy};
 use lifeboat::repo::{InitOptions, Keys, Manifest, Repository};
 use lifeboat::source::postgres as pg;
@@ -1104,13 +1104,10 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
         r?
     } else {
         match a.to.as_deref() {
-            Some("-") => {
-                let out: Box<dyn std::io::Write + Send> = match DirectFile::stdout(stream.size) {
-                    Some(f) => Box::new(f),
-                    None => Box::new(std::io::stdout()),
-                };
-                restore_stream(&repo, &keys, &index, &manifest.id, stream, out).await?
-            }
+            Some("-") => match DirectFile::stdout(stream.size) {
+                Some(f) => restore_stream_to(&repo, &keys, &index, &manifest.id, stream, f).await?.0,
+                None => restore_stream(&repo, &keys, &index, &manifest.id, stream, std::io::stdout()).await?,
+            },
             Some(path) => {
                 let path = PathBuf::from(path);
                 if path.exists() && !a.force {
@@ -1121,7 +1118,7 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
                 // Synced when the restore flushes it: success means on disk.
                 let file = DirectFile::create(&tmp, stream.size)
                     .with_context(|| format!("cannot create {}", tmp.display()))?;
-                let r = restore_stream(&repo, &keys, &index, &manifest.id, stream, file).await;
+                let r = restore_stream_to(&repo, &keys, &index, &manifest.id, stream, file).await.map(|(n, _)| n);
                 match r {
                     Ok(n) => {
                         std::fs::rename(&tmp, &path).with_context(|| format!("cannot move into {}", path.display()))?;

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use crate::direct::{DirectPolicy, Stage};
-use crate::pipeline::{Recycle, Sink};
+use crate::pipeline::{Recycle, RunBuf, Sink};
 
 pub const BLOCK: usize = 512;
 
@@ -173,7 +173,7 @@ impl Piece {
 /// Pieces of one file in a decoded buffer (shared by the jobs of the
 /// buffer's files; the last one done hands it back).
 struct Job {
-    buf: Arc<Vec<u8>>,
+    buf: Arc<RunBuf>,
     pieces: Vec<Piece>,
     recycle: Recycle,
 }
@@ -261,7 +261,7 @@ fn write_jobs(rx: &Receiver<Job>, failed: &Mutex<Option<io::Error>>, policy: &Di
         // Exactly one of the buffer's holders gets it back (try_unwrap
         // could fail for all of them when they let go at the same time).
         if let Some(buf) = Arc::into_inner(buf) {
-            recycle(buf);
+            recycle(buf.into_vec());
         }
     }
 }
@@ -451,11 +451,11 @@ impl Write for Extractor {
 
 /// Extract a restore's buffers: headers here, file writes on writer threads.
 impl Sink for Extractor {
-    fn put(&mut self, buf: Vec<u8>, recycle: &Recycle) -> io::Result<()> {
+    fn put(&mut self, buf: RunBuf, recycle: &Recycle) -> io::Result<()> {
         let mut pieces = Vec::new();
         self.walk(&buf, &mut pieces)?;
         if pieces.is_empty() {
-            recycle(buf);
+            recycle(buf.into_vec());
             return Ok(());
         }
         if self.writers.is_none() {
@@ -477,7 +477,7 @@ impl Sink for Extractor {
             w.send(Job { buf: buf.clone(), pieces: group, recycle: recycle.clone() })?;
         }
         if let Some(buf) = Arc::into_inner(buf) {
-            recycle(buf); // every job was done before we let go
+            recycle(buf.into_vec()); // every job was done before we let go
         }
         Ok(())
     }
@@ -583,7 +583,7 @@ mod tests {
             let d = tmp();
             let mut x = Extractor::new(&d);
             for piece in a.chunks(step) {
-                x.put(piece.to_vec(), &recycle).unwrap();
+                x.put(piece.to_vec().into(), &recycle).unwrap();
             }
             x.end().unwrap();
             let total: usize = files.iter().map(|(_, d)| d.len()).sum();
@@ -609,7 +609,7 @@ mod tests {
         a.extend(vec![1u8; 100_000]);
         a.resize(a.len() + padding(100_000) as usize + 2 * BLOCK, 0);
         let mut x = Extractor::new(&d);
-        let err = x.put(a, &recycle).and_then(|_| x.end()).unwrap_err();
+        let err = x.put(a.into(), &recycle).and_then(|_| x.end()).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::StorageFull, "{err}");
         assert!(x.finish().is_err());
         fs::remove_dir_all(&d).unwrap();

@@ -13,4 +13,6 @@ mod restore;
 
 pub use self::backup::{BackupOptions, BackupSession};
 pub use self::pack::{BlobDecoder, OpenPack, PackSealer, seal_pack};
-pub use self::restore::{PackCache, Recycle, Sink, fetch_pack, restore_stream, restore_stream_into, restore_stream_to};
+pub use self::restore::{
+    PackCache, Recycle, RunBuf, Sink, fetch_pack, restore_stream, restore_stream_into, restore_stream_to,
+};

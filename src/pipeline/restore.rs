@@ -152,11 +152,11 @@ async fn load_pack(repo: &Repository, keys: &Keys, pack: ChunkId, check_name: bo
 struct BufferPool(Arc<Mutex<Vec<Vec<u8>>>>);
 
 impl BufferPool {
-    /// A buffer of exactly `len` bytes (contents unspecified).
-    fn take(&self, len: usize) -> Vec<u8> {
-        let mut buf = self.0.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
-        buf.resize(len, 0);
-        buf
+    /// A buffer for `len` bytes at `offset` in the stream, placed for a
+    /// sink that writes `align`ed blocks ([`RunBuf::placed`]).
+    fn take(&self, len: usize, align: usize, offset: u64) -> RunBuf {
+        let buf = self.0.lock().ok().and_then(|mut p| p.pop()).unwrap_or_default();
+        RunBuf::placed(buf, len, align, offset)
     }
 
     fn give(&self, buf: Vec<u8>, keep: usize) {
@@ -165,6 +165,62 @@ impl BufferPool {
                 p.push(buf);
             }
         }
+    }
+}
+
+/// A decoded run: its bytes are `buf[start..start + len]`. Room before
+/// `start` lets a direct writer put the previous run's partial block there
+/// and write whole blocks straight from this buffer (no copy).
+pub struct RunBuf {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl RunBuf {
+    /// Room in `buf` (reused, contents unspecified) for `len` bytes that
+    /// start `offset` bytes into the stream, placed for a sink that writes
+    /// `align`ed blocks straight from it: the bytes start as far past an
+    /// `align`ed address as `offset` is past a block boundary.
+    pub fn placed(mut buf: Vec<u8>, len: usize, align: usize, offset: u64) -> RunBuf {
+        if align <= 1 {
+            buf.resize(len, 0);
+            return RunBuf { buf, start: 0, len };
+        }
+        let pad = (offset % align as u64) as usize;
+        buf.resize(align + pad + len, 0);
+        let start = buf.as_ptr().align_offset(align) + pad;
+        RunBuf { buf, start, len }
+    }
+
+    /// The bytes and the room before them: `(buffer, start)`.
+    pub fn parts_mut(&mut self) -> (&mut [u8], usize) {
+        (&mut self.buf[..self.start + self.len], self.start)
+    }
+
+    /// The underlying buffer, to hand back through a [`Recycle`].
+    pub fn into_vec(self) -> Vec<u8> {
+        self.buf
+    }
+}
+
+impl From<Vec<u8>> for RunBuf {
+    fn from(buf: Vec<u8>) -> Self {
+        let len = buf.len();
+        RunBuf { buf, start: 0, len }
+    }
+}
+
+impl std::ops::Deref for RunBuf {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+}
+
+impl std::ops::DerefMut for RunBuf {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        &mut self.buf[self.start..self.start + self.len]
     }
 }
 
@@ -289,20 +345,27 @@ pub type Recycle = Arc<dyn Fn(Vec<u8>) + Send + Sync>;
 
 /// Where a restore's decoded bytes go, one buffer (a run of up to a few
 /// MiB) at a time, in stream order. Any `Write` is one; a sink that owns the
-/// buffers can write them on other threads (see crate::tar::Extractor).
+/// buffers can write them on other threads (see crate::tar::Extractor and
+/// crate::direct::DirectFile).
 pub trait Sink: Send + 'static {
     /// Take the next buffer; pass it to `recycle` once done with it.
-    fn put(&mut self, buf: Vec<u8>, recycle: &Recycle) -> std::io::Result<()>;
+    fn put(&mut self, buf: RunBuf, recycle: &Recycle) -> std::io::Result<()>;
     /// Every byte put is written (flushed, or its writer threads done).
     fn end(&mut self) -> std::io::Result<()>;
+    /// Block size this sink writes straight from the buffers (1: none).
+    /// Each buffer then has room before its bytes for the part of their
+    /// first block that earlier bytes fill, at an address aligned to it.
+    fn align(&self) -> usize {
+        1
+    }
 }
 
 struct WriteSink<W>(W);
 
 impl<W: Write + Send + 'static> Sink for WriteSink<W> {
-    fn put(&mut self, buf: Vec<u8>, recycle: &Recycle) -> std::io::Result<()> {
+    fn put(&mut self, buf: RunBuf, recycle: &Recycle) -> std::io::Result<()> {
         self.0.write_all(&buf)?;
-        recycle(buf);
+        recycle(buf.into_vec());
         Ok(())
     }
 
@@ -329,7 +392,18 @@ pub async fn restore_stream_to<S: Sink>(
     let pool = BufferPool::default();
 
     // The writer runs on its own thread: output may be a slow pipe or disk.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Vec<u8>>(2);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<RunBuf>(2);
+    let align = out.align();
+    // Where each run starts in the stream: the placement a direct sink wants.
+    let offsets: Arc<Vec<u64>> = Arc::new(
+        runs.iter()
+            .scan(0u64, |at, r| {
+                let o = *at;
+                *at += r.raw;
+                Some(o)
+            })
+            .collect(),
+    );
     let writer_pool = pool.clone();
     // Buffers also wait in a sink's own queues (an extractor's writers):
     // keep enough for those too, rather than fault in fresh pages.
@@ -351,6 +425,7 @@ pub async fn restore_stream_to<S: Sink>(
             let dedup = dedup.clone();
             let runs = runs.clone();
             let pool = pool.clone();
+            let offsets = offsets.clone();
             // Starting run i: its packs first, then the next packs, so the
             // LRU never evicts a pack that queued runs still need.
             let own: Vec<_> = runs[i].packs.iter().map(|p| cache.slot(*p)).collect();
@@ -374,7 +449,7 @@ pub async fn restore_stream_to<S: Sink>(
                 }
                 tokio::task::spawn_blocking(move || {
                     let run = &runs[i];
-                    let mut buf = pool.take(run.raw as usize);
+                    let mut buf = pool.take(run.raw as usize, align, offsets[i]);
                     decode_run(run, &packs, &dedup, &mut buf)?;
                     Ok::<_, Error>(buf)
                 })
