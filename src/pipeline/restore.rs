@@ -160,10 +160,10 @@ impl BufferPool {
     }
 
     fn give(&self, buf: Vec<u8>, keep: usize) {
-        if let Ok(mut p) = self.0.lock() {
-            if p.len() < keep {
-                p.push(buf);
-            }
+        if let Ok(mut p) = self.0.lock()
+            && p.len() < keep
+        {
+            p.push(buf);
         }
     }
 }
