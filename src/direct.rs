@@ -11,7 +11,10 @@
 //! Direct I/O wants the buffer address, file offset and length aligned to
 //! the device's block. [`Stage`] collects a file's sequential pieces in an
 //! aligned buffer and writes it out in whole blocks; the last partial block
-//! goes through the page cache. A file system that refuses `O_DIRECT`
+//! goes through the page cache. A restore writes its decoded runs without
+//! that copy: they arrive laid out for direct writes ([`Sink::align`]), and
+//! only the partial blocks where runs meet are staged. A file system that
+//! refuses `O_DIRECT`
 //! (tmpfs on older kernels, some FUSE and network file systems) gets
 //! ordinary writes: the fallback is decided per file and remembered.
 
