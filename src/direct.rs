@@ -219,6 +219,26 @@ fn write_block(file: &File, policy: &DirectPolicy, out: &[u8], at: u64) -> io::R
     }
 }
 
+/// The first error of some writer threads, for the thread that queues
+/// their work: a write fails on one thread and is reported on another.
+#[derive(Clone, Default)]
+pub struct FirstError(Arc<Mutex<Option<io::Error>>>);
+
+impl FirstError {
+    /// Keep `e` unless an earlier error is kept already.
+    pub fn record(&self, e: io::Error) {
+        if let Ok(mut first) = self.0.lock() {
+            first.get_or_insert(e);
+        }
+    }
+
+    /// A copy of the first error, if any.
+    pub fn get(&self) -> Option<io::Error> {
+        let first = self.0.lock().ok()?;
+        first.as_ref().map(|e| io::Error::new(e.kind(), e.to_string()))
+    }
+}
+
 /// Full stages of one file written by two background threads, so that the
 /// device has two requests to work on and the next stage fills meanwhile:
 /// a direct write waits for the device, and one request at a time left a
@@ -229,7 +249,7 @@ struct Flusher {
     free: std::sync::mpsc::Receiver<io::Result<Stage>>,
     threads: Vec<std::thread::JoinHandle<()>>,
     /// The first failed write of a run buffer (a stage's comes back on `free`).
-    failed: Arc<Mutex<Option<io::Error>>>,
+    failed: FirstError,
 }
 
 /// What a flusher thread writes.
@@ -249,7 +269,7 @@ impl Flusher {
         let (full, full_rx) = std::sync::mpsc::sync_channel::<Job>(FLUSH_STAGES);
         let (free_tx, free) = std::sync::mpsc::sync_channel(FLUSH_STAGES);
         let full_rx = Arc::new(Mutex::new(full_rx));
-        let failed = Arc::new(Mutex::new(None));
+        let failed = FirstError::default();
         let mut threads = Vec::new();
         for i in 0..2 {
             let (rx, tx, file, failed) = (full_rx.clone(), free_tx.clone(), file.try_clone()?, failed.clone());
@@ -270,10 +290,8 @@ impl Flusher {
                             }
                         }
                         Ok(Job::Run { buf, from, len, at, recycle }) => {
-                            if let Err(e) = write_block(&file, policy, &buf[from..from + len], at)
-                                && let Ok(mut f) = failed.lock()
-                            {
-                                f.get_or_insert(e);
+                            if let Err(e) = write_block(&file, policy, &buf[from..from + len], at) {
+                                failed.record(e);
                             }
                             recycle(buf);
                         }
@@ -290,16 +308,11 @@ impl Flusher {
 
     /// Queue a job; an earlier run buffer's write error, if any.
     fn send(&mut self, job: Job) -> io::Result<()> {
-        if let Some(e) = self.error() {
+        if let Some(e) = self.failed.get() {
             return Err(e);
         }
         let full = self.full.as_ref().ok_or_else(|| io::Error::other("flusher stopped"))?;
         full.send(job).map_err(|_| io::Error::other("writer thread stopped"))
-    }
-
-    fn error(&self) -> Option<io::Error> {
-        let failed = self.failed.lock().ok()?;
-        failed.as_ref().map(|e| io::Error::new(e.kind(), e.to_string()))
     }
 
     /// Queue a full stage (its `len` bytes go at its `at`) and return an empty one.
@@ -322,7 +335,7 @@ impl Flusher {
                 first = Err(e);
             }
         }
-        match self.error() {
+        match self.failed.get() {
             Some(e) if first.is_ok() => Err(e),
             _ => first,
         }

@@ -17,11 +17,11 @@ use std::io::{self, Write};
 use std::ops::Range;
 use std::os::unix::fs::{FileExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
-use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
-use crate::direct::{DirectPolicy, Stage};
+use crate::direct::{DirectPolicy, FirstError, Stage};
 use crate::pipeline::{Recycle, RunBuf, Sink};
 
 pub const BLOCK: usize = 512;
@@ -186,7 +186,7 @@ struct Writers {
     current: usize,
     last_file: usize,
     /// The first write error of any writer thread.
-    failed: Arc<Mutex<Option<io::Error>>>,
+    failed: FirstError,
 }
 
 /// Writer threads. A file's consecutive pieces go to one writer: the kernel
@@ -197,7 +197,7 @@ const WRITERS: usize = 2;
 
 impl Writers {
     fn start(policy: &'static DirectPolicy) -> io::Result<Writers> {
-        let failed = Arc::new(Mutex::new(None));
+        let failed = FirstError::default();
         let (mut txs, mut threads) = (Vec::new(), Vec::new());
         for i in 0..WRITERS {
             let (tx, rx) = sync_channel::<Job>(2);
@@ -226,8 +226,7 @@ impl Writers {
     }
 
     fn error(&self) -> Option<io::Error> {
-        let failed = self.failed.lock().ok()?;
-        failed.as_ref().map(|e| io::Error::new(e.kind(), e.to_string()))
+        self.failed.get()
     }
 
     /// Wait for every queued write; the first error, if any.
@@ -240,7 +239,7 @@ impl Writers {
     }
 }
 
-fn write_jobs(rx: &Receiver<Job>, failed: &Mutex<Option<io::Error>>, policy: &DirectPolicy) {
+fn write_jobs(rx: &Receiver<Job>, failed: &FirstError, policy: &DirectPolicy) {
     // Each writer stages one file at a time: a file's pieces all come here.
     let mut stage = Stage::default();
     let mut ok = true;
@@ -251,9 +250,7 @@ fn write_jobs(rx: &Receiver<Job>, failed: &Mutex<Option<io::Error>>, policy: &Di
                 break;
             }
             if let Err(e) = p.write(&buf, &mut stage, policy) {
-                if let Ok(mut f) = failed.lock() {
-                    f.get_or_insert(e);
-                }
+                failed.record(e);
                 stage.clear();
                 ok = false;
             }
