@@ -86,10 +86,12 @@ pub fn render(policy: &Policy, o: &RenderOptions) -> Result<Vec<Value>> {
                 env.push(json!({"name": var, "valueFrom": {"secretKeyRef": {"name": o.secret, "key": var}}}));
             }
         }
-        if let Some(alerts) = &policy.alerts {
-            if let Some(var) = alerts.webhook.as_deref().and_then(|w| w.strip_prefix("env:")) {
-                env.push(json!({"name": var, "valueFrom": {"secretKeyRef": {"name": o.secret, "key": var, "optional": true}}}));
-            }
+        if let Some(alerts) = &policy.alerts
+            && let Some(var) = alerts.webhook.as_deref().and_then(|w| w.strip_prefix("env:"))
+        {
+            env.push(
+                json!({"name": var, "valueFrom": {"secretKeyRef": {"name": o.secret, "key": var, "optional": true}}}),
+            );
         }
         // A run that outlives its RTO target several times over is stuck.
         let deadline = job

@@ -78,11 +78,12 @@ pub async fn newest_recoverable(
     let mine: Vec<_> = metas.iter().filter(|m| m.name == job.name).collect();
     let mut point =
         mine.iter().map(|m| if m.mode.as_deref() == Some("physical") { m.finished } else { m.started }).max();
-    if job.kind == JobKind::Postgres && job.wal_archiving {
-        if let Some(base) = mine.iter().filter(|m| m.mode.as_deref() == Some("physical")).map(|m| m.started).max() {
-            let last = wal::list(repo, &job.name).await?.into_iter().map(|h| h.pushed_at).filter(|t| *t >= base).max();
-            point = point.max(last);
-        }
+    if job.kind == JobKind::Postgres
+        && job.wal_archiving
+        && let Some(base) = mine.iter().filter(|m| m.mode.as_deref() == Some("physical")).map(|m| m.started).max()
+    {
+        let last = wal::list(repo, &job.name).await?.into_iter().map(|h| h.pushed_at).filter(|t| *t >= base).max();
+        point = point.max(last);
     }
     Ok(point)
 }
@@ -223,10 +224,10 @@ pub async fn store_record(policy: &Policy, from: &str, kind: &str, record: &serd
     let key = crate::repo::record_key(kind);
     let mut problems = Vec::new();
     let mut targets: Vec<&RepositorySpec> = policy.repositories.iter().filter(|r| r.name == from).collect();
-    if let Some(p) = policy.repositories.first() {
-        if p.name != from {
-            targets.push(p);
-        }
+    if let Some(p) = policy.repositories.first()
+        && p.name != from
+    {
+        targets.push(p);
     }
     // One ciphertext for every copy (see Repository::seal_record).
     let mut sealed = None;

@@ -69,6 +69,8 @@ fn parse_repo(s: &str) -> std::result::Result<RepoUrl, String> {
     s.parse::<RepoUrl>().map_err(|e| e.reason)
 }
 
+// Parsed once per run: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Cmd {
     /// Keys: the restore identity and write credentials.
@@ -760,10 +762,10 @@ async fn read_keys(repo: &Repository, identity: &IdentityArg, action: &str) -> R
 }
 
 async fn init(a: InitArgs, json: bool) -> Result<ExitCode> {
-    if let Some(p) = &a.write_key_out {
-        if p.exists() {
-            bail!("{} already exists; refusing to overwrite a credential", p.display());
-        }
+    if let Some(p) = &a.write_key_out
+        && p.exists()
+    {
+        bail!("{} already exists; refusing to overwrite a credential", p.display());
     }
     let chunker = lifeboat::chunker::ChunkerParams {
         min_size: (a.chunk_size / 4).max(64),
@@ -977,10 +979,10 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
     let repo = Repository::open(&a.repo.repo).await?;
     let keys = read_keys(&repo, &a.identity, "restoring").await?;
     let manifest = repo.find_snapshot(&keys, &a.snapshot, a.name.as_deref()).await?;
-    if manifest.kind == "redis" {
-        if let Some(code) = restore_redis(&a, &repo, &keys, &manifest, json).await? {
-            return Ok(code);
-        }
+    if manifest.kind == "redis"
+        && let Some(code) = restore_redis(&a, &repo, &keys, &manifest, json).await?
+    {
+        return Ok(code);
     }
     if manifest.kind == "kubernetes"
         && let Some(code) = restore_kubernetes(&a, &repo, &keys, &manifest, json).await?
@@ -1515,9 +1517,10 @@ async fn any_keys(repo: &Repository, write_key: Option<&Path>, identity: &Identi
     write_keys(repo, write_key, identity).await
 }
 
-fn retention_groups(
-    job: &lifeboat::policy::JobSpec,
-) -> Result<Option<Vec<(Option<String>, lifeboat::retention::RetentionRules)>>> {
+/// Retention rules per tag (`None`: the job's own rules, for untagged snapshots).
+type RetentionGroups = Vec<(Option<String>, lifeboat::retention::RetentionRules)>;
+
+fn retention_groups(job: &lifeboat::policy::JobSpec) -> Result<Option<RetentionGroups>> {
     let mut groups = Vec::new();
     if let Some(tags) = &job.tag_retention {
         for (tag, v) in tags {
@@ -1778,24 +1781,24 @@ async fn run_once(
             });
         }
         // The newest recoverable point older than the RPO target is an incident too.
-        if let Some(rpo) = job.rpo.as_deref().and_then(|r| lifeboat::schedule::parse_duration(r).ok()) {
-            if let Ok(Some(point)) = lifeboat::drill::newest_recoverable(repo, keys, job).await {
-                let age = lifeboat::clock::now() - point;
-                if age > rpo {
-                    let reason = format!(
-                        "newest recoverable point {} is {} old, older than the RPO target {}",
-                        point.format("%Y-%m-%d %H:%M:%S UTC"),
-                        lifeboat::schedule::fmt_duration(age),
-                        job.rpo.as_deref().unwrap_or_default()
-                    );
-                    alerts_to_send.push(lifeboat::metrics::Alert {
-                        text: format!(":warning: lifeboat job *{}*: {reason}", job.name),
-                        job: job.name.clone(),
-                        kind: "rpo".into(),
-                        reason,
-                        time: lifeboat::clock::now(),
-                    });
-                }
+        if let Some(rpo) = job.rpo.as_deref().and_then(|r| lifeboat::schedule::parse_duration(r).ok())
+            && let Ok(Some(point)) = lifeboat::drill::newest_recoverable(repo, keys, job).await
+        {
+            let age = lifeboat::clock::now() - point;
+            if age > rpo {
+                let reason = format!(
+                    "newest recoverable point {} is {} old, older than the RPO target {}",
+                    point.format("%Y-%m-%d %H:%M:%S UTC"),
+                    lifeboat::schedule::fmt_duration(age),
+                    job.rpo.as_deref().unwrap_or_default()
+                );
+                alerts_to_send.push(lifeboat::metrics::Alert {
+                    text: format!(":warning: lifeboat job *{}*: {reason}", job.name),
+                    job: job.name.clone(),
+                    kind: "rpo".into(),
+                    reason,
+                    time: lifeboat::clock::now(),
+                });
             }
         }
         if let (Some(hook), false) = (&alerts.webhook, alerts_to_send.is_empty()) {
@@ -2181,8 +2184,8 @@ fn print_drill(d: &lifeboat::drill::Drill) {
         d.incident.format("%Y-%m-%d %H:%M:%S UTC")
     );
     println!(
-        "{:<24} {:<9} {:>12} {:>12} {:<5} {:>12} {:>12} {:<5} {}",
-        "JOB", "SNAPSHOT", "RTO TARGET", "RTO", "", "RPO TARGET", "RPO", "", "RESULT"
+        "{:<24} {:<9} {:>12} {:>12} {:<5} {:>12} {:>12} {:<5} RESULT",
+        "JOB", "SNAPSHOT", "RTO TARGET", "RTO", "", "RPO TARGET", "RPO", ""
     );
     for j in &d.jobs {
         println!(

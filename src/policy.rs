@@ -376,16 +376,13 @@ impl Policy {
             if j.kind == JobKind::Command && j.command.is_none() {
                 return Err(err(&j.name, format!("job {:?} has kind = \"command\" but no command = \"…\"", j.name)));
             }
-            if let Some(u) = &j.url {
-                if !(u.starts_with("env:") || u.starts_with("file:")) {
-                    return Err(err(
-                        u,
-                        format!(
-                            "job {:?}: url must be env:NAME or file:PATH so that no secret sits in the policy",
-                            j.name
-                        ),
-                    ));
-                }
+            if let Some(u) = &j.url
+                && !(u.starts_with("env:") || u.starts_with("file:"))
+            {
+                return Err(err(
+                    u,
+                    format!("job {:?}: url must be env:NAME or file:PATH so that no secret sits in the policy", j.name),
+                ));
             }
         }
         Ok(())
@@ -452,18 +449,18 @@ impl Policy {
                 }
             }
             // Retention shorter than the schedule interval.
-            if let (Some(ret), Some(iv)) = (&j.retention, interval) {
-                if let Some(within) = ret.get("within").and_then(|v| v.as_str()).and_then(|w| parse_duration(w).ok()) {
-                    let others = ret.keys().any(|k| k != "within");
-                    if within < iv && !others {
-                        out.push(format!(
+            if let (Some(ret), Some(iv)) = (&j.retention, interval)
+                && let Some(within) = ret.get("within").and_then(|v| v.as_str()).and_then(|w| parse_duration(w).ok())
+            {
+                let others = ret.keys().any(|k| k != "within");
+                if within < iv && !others {
+                    out.push(format!(
                             "{}: job {:?}: retention within = {} is shorter than the schedule interval ({}): between runs no snapshot would be kept",
                             at(&j.name, "within"),
                             j.name,
                             fmt_duration(within),
                             fmt_duration(iv)
                         ));
-                    }
                 }
             }
             // Targets no drill covers.

@@ -141,13 +141,13 @@ async fn copy_one(src: &Arc<dyn Backend>, dst: &Arc<dyn Backend>, key: &str) -> 
         Err(e) => return Err(e.into()),
     };
     let digest: [u8; 32] = Sha256::digest(&data).into();
-    if let Some(name) = key.strip_prefix("packs/").and_then(|r| r.rsplit('/').next()) {
-        if hex::encode(digest) != name {
-            return Err(Error::CorruptPack {
+    if let Some(name) = key.strip_prefix("packs/").and_then(|r| r.rsplit('/').next())
+        && hex::encode(digest) != name
+    {
+        return Err(Error::CorruptPack {
                 pack: name.to_string(),
                 detail: "the primary's copy does not match its name; not replicating it (run `lifeboat check --read-data` on the primary)".into(),
             });
-        }
     }
     let len = data.len() as u64;
     match dst.put_new(key, Bytes::clone(&data)).await {

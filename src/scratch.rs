@@ -162,12 +162,11 @@ impl ScratchRedis {
                     "the scratch redis-server exited with {st} (a corrupt or unsupported dump.rdb?)"
                 )));
             }
-            if let Ok(c) = redis::Client::open(s.url()) {
-                if let Ok(mut con) = c.get_connection_with_timeout(Duration::from_secs(1)) {
-                    if redis::cmd("PING").query::<String>(&mut con).is_ok_and(|p| p == "PONG") {
-                        return Ok(s);
-                    }
-                }
+            if let Ok(c) = redis::Client::open(s.url())
+                && let Ok(mut con) = c.get_connection_with_timeout(Duration::from_secs(1))
+                && redis::cmd("PING").query::<String>(&mut con).is_ok_and(|p| p == "PONG")
+            {
+                return Ok(s);
             }
             if Instant::now() > deadline {
                 return Err(Error::Other("the scratch redis-server did not come up within 600 s".into()));

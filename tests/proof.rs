@@ -25,11 +25,13 @@ impl OwnRedis {
             .stdout(Stdio::null())
             .spawn()
             .expect("redis-server (scripts/install-deps installs it)");
+        // Owned before waiting, so a server that never answers is killed too.
+        let own = OwnRedis { child, port, _dir: dir };
         for _ in 0..100 {
-            if let Ok(mut c) = redis::Client::open(format!("redis://127.0.0.1:{port}")).unwrap().get_connection() {
-                if redis::cmd("PING").query::<String>(&mut c).is_ok() {
-                    return OwnRedis { child, port, _dir: dir };
-                }
+            if let Ok(mut c) = redis::Client::open(own.url()).unwrap().get_connection()
+                && redis::cmd("PING").query::<String>(&mut c).is_ok()
+            {
+                return own;
             }
             std::thread::sleep(Duration::from_millis(100));
         }

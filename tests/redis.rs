@@ -83,12 +83,11 @@ impl TempRedis {
                     std::fs::read_to_string(dir.path().join("log")).unwrap_or_default()
                 );
             }
-            if let Ok(c) = redis::Client::open(url.as_str()) {
-                if let Ok(mut k) = c.get_connection_with_timeout(Duration::from_secs(1)) {
-                    if redis::cmd("PING").query::<String>(&mut k).is_ok() {
-                        break;
-                    }
-                }
+            if let Ok(c) = redis::Client::open(url.as_str())
+                && let Ok(mut k) = c.get_connection_with_timeout(Duration::from_secs(1))
+                && redis::cmd("PING").query::<String>(&mut k).is_ok()
+            {
+                break;
             }
             assert!(Instant::now() < deadline, "redis-server on {port} did not come up");
             std::thread::sleep(Duration::from_millis(50));
@@ -268,7 +267,7 @@ fn populate(exec: &mut dyn FnMut(u32, redis::Pipeline), n: usize, dbs: &[u32], b
         }
         let c = count.entry(db).or_default();
         *c += 1;
-        if *c % 500 == 0 {
+        if (*c).is_multiple_of(500) {
             exec(db, std::mem::replace(p, redis::pipe()));
         }
     }

@@ -83,10 +83,10 @@ fn command_in(code: &str) -> Option<Vec<String>> {
         if matches!(before, b' ' | b'\'' | b'"' | b'(' | b'`' | b'$') || at == 0 {
             let mut rest = &code[at..];
             // Inside a quoted value: stop at that quote.
-            if matches!(before, b'\'' | b'"') {
-                if let Some(end) = rest.find(before as char) {
-                    rest = &rest[..end];
-                }
+            if matches!(before, b'\'' | b'"')
+                && let Some(end) = rest.find(before as char)
+            {
+                rest = &rest[..end];
             }
             let words = shell_words(rest);
             if words.len() > 1 {
@@ -136,10 +136,10 @@ fn extract(file: &str, text: &str) -> (Vec<Found>, Vec<(String, String)>) {
             // Inline code spans.
             for (n, span) in line.split('`').enumerate() {
                 // Prose names commands (`lifeboat run`); an invocation has flags.
-                if n % 2 == 1 {
-                    if let Some(args) = command_in(span).filter(|a| a.iter().any(|w| w.starts_with('-'))) {
-                        found.push(Found { file: file.into(), line: i + 1, args });
-                    }
+                if n % 2 == 1
+                    && let Some(args) = command_in(span).filter(|a| a.iter().any(|w| w.starts_with('-')))
+                {
+                    found.push(Found { file: file.into(), line: i + 1, args });
                 }
             }
         }

@@ -435,8 +435,11 @@ struct Compression {
     shared_frames: bool,
 }
 
+/// Batches of chunks, numbered, shared by the hash workers.
+type BatchQueue = Arc<Mutex<Receiver<(u64, Vec<Bytes>)>>>;
+
 fn hash_worker(
-    rx: Arc<Mutex<Receiver<(u64, Vec<Bytes>)>>>,
+    rx: BatchQueue,
     tx: SyncSender<(u64, HashedBatch)>,
     key: crypto::DedupKey,
     known: Arc<Index>,

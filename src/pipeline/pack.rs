@@ -250,8 +250,11 @@ fn stored<'a>(pack: &'a [u8], loc: &BlobLocation, id: &ChunkId) -> Result<&'a [u
 mod tests {
     use super::*;
 
+    /// A key, a frame, where its pages are, and the pages.
+    type Framed = (DedupKey, Vec<u8>, Vec<(ChunkId, BlobLocation)>, Vec<Vec<u8>>);
+
     /// Three pages in one shared frame, the way backup writes them.
-    fn framed() -> (DedupKey, Vec<u8>, Vec<(ChunkId, BlobLocation)>, Vec<Vec<u8>>) {
+    fn framed() -> Framed {
         let key = DedupKey::generate();
         let pages: Vec<Vec<u8>> = (0..3u8).map(|i| format!("page {i} ").repeat(1000).into_bytes()).collect();
         let raw: Vec<u8> = pages.concat();

@@ -65,11 +65,13 @@ impl Lock {
         let mut fresh_others = 0;
         let mut oldest = now;
         for o in repo.backend.list("locks/").await? {
-            if let Some((k, s, ms)) = parse(&o.key) {
-                if k == other && now - ms < STALE_AFTER.as_millis() as i64 && s != session {
-                    fresh_others += 1;
-                    oldest = oldest.min(ms);
-                }
+            if let Some((k, s, ms)) = parse(&o.key)
+                && k == other
+                && now - ms < STALE_AFTER.as_millis() as i64
+                && s != session
+            {
+                fresh_others += 1;
+                oldest = oldest.min(ms);
             }
         }
         if fresh_others > 0 {

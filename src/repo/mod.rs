@@ -147,9 +147,8 @@ impl Repository {
         if !(1..=19).contains(&opts.compression_level) {
             return Err(Error::Other("compression level must be 1..=19".into()));
         }
-        match backend.head("config").await? {
-            Some(_) => return Err(Error::RepositoryExists { url: url.to_string() }),
-            None => {}
+        if backend.head("config").await?.is_some() {
+            return Err(Error::RepositoryExists { url: url.to_string() });
         }
         let config = RepoConfig {
             format: FORMAT_NAME.into(),
@@ -442,7 +441,7 @@ impl Repository {
     pub async fn find_snapshot(&self, keys: &Keys, query: &str, name: Option<&str>) -> Result<Manifest> {
         if query == "latest" {
             let all = self.manifests(keys).await?;
-            return all.into_iter().filter(|m| name.is_none_or(|n| m.name == n)).next_back().ok_or_else(|| {
+            return all.into_iter().rfind(|m| name.is_none_or(|n| m.name == n)).ok_or_else(|| {
                 Error::SnapshotNotFound {
                     query: match name {
                         Some(n) => format!("latest --name {n}"),

@@ -187,10 +187,10 @@ impl PgTarget {
             None if t.is_local() => TlsMode::Disable,
             None => TlsMode::VerifyFull,
         };
-        if let Some(r) = &t.root_cert {
-            if !r.is_file() {
-                return Err(Error::Other(format!("sslrootcert {} is not a readable file", r.display())));
-            }
+        if let Some(r) = &t.root_cert
+            && !r.is_file()
+        {
+            return Err(Error::Other(format!("sslrootcert {} is not a readable file", r.display())));
         }
         Ok(t)
     }
@@ -588,6 +588,7 @@ pub fn pick_database<'a>(m: &'a Manifest, database: Option<&str>) -> Result<&'a 
 }
 
 /// Restore one database of a logical snapshot into a server.
+#[allow(clippy::too_many_arguments)] // the CLI's options, passed through
 pub async fn restore_logical(
     repo: &Repository,
     keys: &Keys,
@@ -848,14 +849,14 @@ pub async fn restore_physical(
             )));
         }
     }
-    if let Some(t) = o.at {
-        if t < m.started {
-            return Err(Error::Other(format!(
-                "--at {} is before this base backup started ({}); pick an older snapshot",
-                t.to_rfc3339(),
-                m.started.to_rfc3339()
-            )));
-        }
+    if let Some(t) = o.at
+        && t < m.started
+    {
+        return Err(Error::Other(format!(
+            "--at {} is before this base backup started ({}); pick an older snapshot",
+            t.to_rfc3339(),
+            m.started.to_rfc3339()
+        )));
     }
 
     std::fs::create_dir_all(dir).map_err(Error::Output)?;
@@ -942,15 +943,15 @@ pub async fn start_and_wait(tools: &Tools, dir: &Path, port: u16, wait_secs: u64
         return Err(Error::Other(format!("the restored server did not start{}", log_tail())));
     }
     let mut cfg = tokio_postgres::Config::new();
-    cfg.host_path(&sock).port(port).dbname("postgres").user(&os_user());
+    cfg.host_path(&sock).port(port).dbname("postgres").user(os_user());
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(wait_secs);
     loop {
         if let Ok((c, conn)) = cfg.connect(tokio_postgres::NoTls).await {
             tokio::spawn(conn);
-            if let Ok(row) = c.query_one("select pg_is_in_recovery()", &[]).await {
-                if !row.get::<_, bool>(0) {
-                    return Ok(());
-                }
+            if let Ok(row) = c.query_one("select pg_is_in_recovery()", &[]).await
+                && !row.get::<_, bool>(0)
+            {
+                return Ok(());
             }
         }
         let pid_alive = dir.join("postmaster.pid").exists();

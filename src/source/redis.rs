@@ -985,7 +985,8 @@ fn show_key(k: &[u8]) -> String {
 
 enum Sink {
     Standalone { con: redis::Connection, db: Option<u32> },
-    Cluster { con: redis::cluster::ClusterConnection },
+    // Boxed: a cluster connection is much larger than a server's.
+    Cluster { con: Box<redis::cluster::ClusterConnection> },
 }
 
 /// A live target (server or cluster) that receives records in pipelines.
@@ -1058,7 +1059,7 @@ impl Restorer {
                 .response_timeout(READ_TIMEOUT)
                 .build()
                 .map_err(|e| t.error(e))?;
-            Sink::Cluster { con: client.get_connection().map_err(|e| t.error(e))? }
+            Sink::Cluster { con: Box::new(client.get_connection().map_err(|e| t.error(e))?) }
         } else {
             Sink::Standalone { con: t.connect()?, db: None }
         };
@@ -1258,11 +1259,9 @@ pub async fn backup(session: &mut BackupSession, job: &str, url: &str, mode: &st
         "keys": if cluster { serde_json::json!(null) } else { serde_json::json!(info.total_keys()) },
         "shards": shard_meta,
     });
-    if !cluster {
-        if let Some(s) = meta["shards"].get(0).cloned() {
-            meta["replication_offset"] = s["replication_offset"].clone();
-            meta["replid"] = s["replid"].clone();
-        }
+    if !cluster && let Some(s) = meta["shards"].get(0).cloned() {
+        meta["replication_offset"] = s["replication_offset"].clone();
+        meta["replid"] = s["replid"].clone();
     }
     if mode == "logical" {
         meta["keys"] = serde_json::json!(totals.keys);
@@ -1592,16 +1591,16 @@ impl TempServer {
                     log_tail()
                 )));
             }
-            if sock.exists() {
-                if let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock) {
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
-                    if s.write_all(b"PING\r\n").is_ok() {
-                        let mut buf = [0u8; 64];
-                        if let Ok(n) = s.read(&mut buf) {
-                            if buf[..n].starts_with(b"+PONG") {
-                                break;
-                            }
-                        }
+            if sock.exists()
+                && let Ok(mut s) = std::os::unix::net::UnixStream::connect(&sock)
+            {
+                let _ = s.set_read_timeout(Some(Duration::from_secs(5)));
+                if s.write_all(b"PING\r\n").is_ok() {
+                    let mut buf = [0u8; 64];
+                    if let Ok(n) = s.read(&mut buf)
+                        && buf[..n].starts_with(b"+PONG")
+                    {
+                        break;
                     }
                 }
             }
@@ -1628,6 +1627,14 @@ impl Drop for TempServer {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Wait for a helper thread without blocking the async runtime.
+async fn join_thread<T: Send + 'static>(h: std::thread::JoinHandle<T>, what: &str) -> Result<T> {
+    tokio::task::spawn_blocking(move || h.join())
+        .await
+        .map_err(|e| Error::Other(e.to_string()))?
+        .map_err(|_| Error::Other(format!("{what} panicked")))
 }
 
 #[cfg(test)]
@@ -1731,12 +1738,4 @@ mod tests {
             Ok(())
         }
     }
-}
-
-/// Wait for a helper thread without blocking the async runtime.
-async fn join_thread<T: Send + 'static>(h: std::thread::JoinHandle<T>, what: &str) -> Result<T> {
-    tokio::task::spawn_blocking(move || h.join())
-        .await
-        .map_err(|e| Error::Other(e.to_string()))?
-        .map_err(|_| Error::Other(format!("{what} panicked")))
 }

@@ -196,7 +196,7 @@ fn root_cause(err: &(dyn std::error::Error + 'static)) -> String {
         cur = next;
     }
     let msg = cur.to_string();
-    if matches!(err.source(), None) { format!("{}", DisplayErrorContext(err)) } else { msg }
+    if err.source().is_none() { format!("{}", DisplayErrorContext(err)) } else { msg }
 }
 
 #[async_trait]

@@ -76,12 +76,13 @@ impl FromStr for RepoUrl {
                     }
                 }
             }
-            if let Some(e) = &opts.endpoint {
-                if e.starts_with("http://") && !opts.allow_http {
-                    return Err(err(
-                        "plain-http endpoint refused; TLS is the default. Add allow_http=true only for a local test server",
-                    ));
-                }
+            if let Some(e) = &opts.endpoint
+                && e.starts_with("http://")
+                && !opts.allow_http
+            {
+                return Err(err(
+                    "plain-http endpoint refused; TLS is the default. Add allow_http=true only for a local test server",
+                ));
             }
             return Ok(RepoUrl::S3(opts));
         }

@@ -129,7 +129,7 @@ pub fn mixed_data(seed: u64, len: usize) -> Vec<u8> {
     let mut i = 0u64;
     while out.len() < len {
         let block = 1 << 20;
-        if i % 2 == 0 {
+        if i.is_multiple_of(2) {
             out.extend_from_slice(&random_bytes(seed + i, block));
         } else {
             let line = format!("INSERT INTO t VALUES ({i}, 'repetitive row text {}');\n", i % 7);
