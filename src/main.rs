@@ -1772,13 +1772,8 @@ async fn run_once(
                 .map(|(s, r)| format!("{s}: {}", r.as_ref().err().cloned().unwrap_or_default()))
                 .collect::<Vec<_>>()
                 .join("; ");
-            alerts_to_send.push(lifeboat::metrics::Alert {
-                text: format!(":rotating_light: lifeboat job *{}* failed: {reason}", job.name),
-                job: job.name.clone(),
-                kind: "failure".into(),
-                reason,
-                time: lifeboat::clock::now(),
-            });
+            let text = format!(":rotating_light: lifeboat job *{}* failed: {reason}", job.name);
+            alerts_to_send.push(lifeboat::metrics::Alert::now(&job.name, "failure", text, reason));
         }
         // The newest recoverable point older than the RPO target is an incident too.
         if let Some(rpo) = job.rpo.as_deref().and_then(|r| lifeboat::schedule::parse_duration(r).ok())
@@ -1792,13 +1787,8 @@ async fn run_once(
                     lifeboat::schedule::fmt_duration(age),
                     job.rpo.as_deref().unwrap_or_default()
                 );
-                alerts_to_send.push(lifeboat::metrics::Alert {
-                    text: format!(":warning: lifeboat job *{}*: {reason}", job.name),
-                    job: job.name.clone(),
-                    kind: "rpo".into(),
-                    reason,
-                    time: lifeboat::clock::now(),
-                });
+                let text = format!(":warning: lifeboat job *{}*: {reason}", job.name);
+                alerts_to_send.push(lifeboat::metrics::Alert::now(&job.name, "rpo", text, reason));
             }
         }
         if let (Some(hook), false) = (&alerts.webhook, alerts_to_send.is_empty()) {
@@ -2032,13 +2022,8 @@ fn rand_below(n: u64) -> u64 {
 /// Send a webhook alert if the policy has one; problems become warnings.
 async fn alert(policy: &Policy, job: &str, kind: &str, reason: String) {
     let Some(hook) = policy.alerts.as_ref().and_then(|a| a.webhook.as_ref()) else { return };
-    let a = lifeboat::metrics::Alert {
-        text: format!(":rotating_light: lifeboat {kind} *{job}* failed: {reason}"),
-        job: job.to_string(),
-        kind: kind.to_string(),
-        reason,
-        time: lifeboat::clock::now(),
-    };
+    let text = format!(":rotating_light: lifeboat {kind} *{job}* failed: {reason}");
+    let a = lifeboat::metrics::Alert::now(job, kind, text, reason);
     let sent = match lifeboat::policy::resolve_secret(hook) {
         Ok(url) => lifeboat::metrics::send_alert(&url, &a).await.map_err(|e| e.to_string()),
         Err(e) => Err(e.to_string()),

@@ -113,6 +113,13 @@ pub struct Alert {
     pub time: chrono::DateTime<chrono::Utc>,
 }
 
+impl Alert {
+    /// An alert raised now: `text` is what chat shows, `reason` the bare cause.
+    pub fn now(job: &str, kind: &str, text: String, reason: String) -> Alert {
+        Alert { text, job: job.to_string(), kind: kind.to_string(), reason, time: crate::clock::now() }
+    }
+}
+
 pub async fn send_alert(webhook_url: &str, alert: &Alert) -> Result<()> {
     let resp = reqwest::Client::new()
         .post(webhook_url)
