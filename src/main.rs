@@ -329,7 +329,8 @@ struct RestoreArgs {
     stream: Option<String>,
     /// `-` (stdout), a file path (written atomically and synced, never replaced without --force;
     /// large files, and stdout redirected to a file, are written past the page cache with O_DIRECT;
-    /// LIFEBOAT_NO_DIRECT_IO=1 turns that off),
+    /// stdout overflows into the page cache while the disk lags; LIFEBOAT_NO_DIRECT_IO=1 turns
+    /// O_DIRECT off),
     /// or a database: `postgres://user@host/db`, `redis://[user:pass@]host:port` (a server or a
     /// cluster node), or `env:NAME` holding such a URL (keeps the password out of the process list).
     #[arg(long, required_unless_present_any = ["to_command", "to_dir"], conflicts_with_all = ["to_command", "to_dir"])]
@@ -1108,7 +1109,9 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
         match a.to.as_deref() {
             Some("-") => match DirectFile::stdout(stream.size) {
                 Some(f) => restore_stream_to(&repo, &keys, &index, &manifest.id, stream, f).await?.0,
-                None => restore_stream(&repo, &keys, &index, &manifest.id, stream, std::io::stdout()).await?,
+                // Unbuffered: runs are megabytes, and std's line-buffered
+                // stdout would scan each for newlines first.
+                None => restore_stream(&repo, &keys, &index, &manifest.id, stream, stdout_file()?).await?,
             },
             Some(path) => {
                 let path = PathBuf::from(path);
@@ -2226,4 +2229,11 @@ async fn report_cmd(a: ReportArgs) -> Result<ExitCode> {
     eprintln!("{} report for {}: {} ({} reason(s))", a.format, data.title, data.verdict.label(), data.reasons.len());
     println!("{}", path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// Our stdout as a plain file handle (a dup of fd 1: writes share its offset).
+fn stdout_file() -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsFd;
+    let fd = std::io::stdout().as_fd().try_clone_to_owned().context("cannot use stdout")?;
+    Ok(std::fs::File::from(fd))
 }
