@@ -452,7 +452,7 @@ impl LagMeter {
     /// when the window it closes says the device lags.
     fn lagging(&mut self, bytes: usize, waited: std::time::Duration) -> bool {
         let now = std::time::Instant::now();
-        let start = *self.start.get_or_insert(now - waited);
+        let start = *self.start.get_or_insert(now.checked_sub(waited).unwrap_or(now));
         self.runs += 1;
         self.bytes += bytes as u64;
         self.waited += waited;
