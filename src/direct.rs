@@ -448,10 +448,9 @@ impl LagMeter {
         }
     }
 
-    /// Count a run of `bytes` handed to the writers after `waited`; true
-    /// when the window it closes says the device lags.
-    fn lagging(&mut self, bytes: usize, waited: std::time::Duration) -> bool {
-        let now = std::time::Instant::now();
+    /// Count a run of `bytes` handed to the writers at `now` after
+    /// `waited`; true when the window it closes says the device lags.
+    fn lagging(&mut self, now: std::time::Instant, bytes: usize, waited: std::time::Duration) -> bool {
         let start = *self.start.get_or_insert(now.checked_sub(waited).unwrap_or(now));
         self.runs += 1;
         self.bytes += bytes as u64;
@@ -526,27 +525,30 @@ impl DirectFile {
     /// Stop writing directly: write the staged tail, clear the flag, and
     /// put the shared offset after our bytes.
     fn finish_direct(&mut self) -> io::Result<()> {
-        if !self.direct {
-            if self.seek_at_end {
-                // Left O_DIRECT midway (the device lagged): the offset still moves.
-                use std::io::Seek;
-                (&self.file).seek(io::SeekFrom::Start(self.at))?;
-            }
-            return Ok(());
-        }
-        self.direct = false;
-        // Every full stage first, then the tail (it clears O_DIRECT).
-        let flushed = self.flusher.take().map_or(Ok(()), |mut f| f.finish());
-        let staged = match &mut self.stage {
-            Some(stage) if flushed.is_ok() => stage.write(&self.file, self.policy, self.at, &[], true),
-            _ => flushed,
+        let done = if self.direct {
+            self.direct = false;
+            // Every full stage first, then the tail (it clears O_DIRECT).
+            let flushed = self.flusher.take().map_or(Ok(()), |mut f| f.finish());
+            let staged = match &mut self.stage {
+                Some(stage) if flushed.is_ok() => stage.write(&self.file, self.policy, self.at, &[], true),
+                _ => flushed,
+            };
+            staged.and(set_direct(&self.file, false))
+        } else {
+            Ok(())
         };
-        let cleared = set_direct(&self.file, false);
+        // Also when O_DIRECT was left midway (the device lagged).
+        self.seek_past()?;
+        done
+    }
+
+    /// For stdout: put the shared file offset after our bytes.
+    fn seek_past(&self) -> io::Result<()> {
         if self.seek_at_end {
             use std::io::Seek;
             (&self.file).seek(io::SeekFrom::Start(self.at))?;
         }
-        staged.and(cleared)
+        Ok(())
     }
 }
 
@@ -594,11 +596,11 @@ impl Sink for DirectFile {
             return Ok(());
         };
         let flusher = self.flusher.as_mut().ok_or_else(|| io::Error::other("direct writer stopped"))?;
-        let waited = std::time::Instant::now();
+        let asked = std::time::Instant::now();
         flusher.send(Job::Run { buf: run.into_vec(), from, len: whole, at, recycle: recycle.clone() })?;
         self.at += len as u64;
         if let Some(lag) = &mut self.lag
-            && lag.lagging(whole, waited.elapsed())
+            && lag.lagging(std::time::Instant::now(), whole, asked.elapsed())
         {
             // Drain the writers, write the carried block; from here on
             // runs arrive unaligned and go through the page cache.
@@ -653,13 +655,10 @@ impl DirectFile {
 impl Drop for DirectFile {
     fn drop(&mut self) {
         // A failed restore never flushed: leave stdout as we found it.
-        if self.seek_at_end {
-            if self.direct {
-                let _ = set_direct(&self.file, false);
-            }
-            use std::io::Seek;
-            let _ = (&self.file).seek(io::SeekFrom::Start(self.at));
+        if self.seek_at_end && self.direct {
+            let _ = set_direct(&self.file, false);
         }
+        let _ = self.seek_past();
     }
 }
 
@@ -729,12 +728,13 @@ mod tests {
         use std::time::Duration;
         let ms = Duration::from_millis;
         let mut m = LagMeter { window: 4, ..LagMeter::new() };
-        // Each run waited `wait` (really: the window is timed by the clock).
+        // A run every `gap` on a clock of the test's own, each after a `wait`.
+        let mut now = std::time::Instant::now();
         let mut runs = |n: usize, bytes: usize, gap: Duration, wait: Duration| -> Vec<bool> {
             (0..n)
                 .map(|_| {
-                    std::thread::sleep(gap);
-                    m.lagging(bytes, wait)
+                    now += gap;
+                    m.lagging(now, bytes, wait)
                 })
                 .collect()
         };

@@ -329,8 +329,8 @@ struct RestoreArgs {
     stream: Option<String>,
     /// `-` (stdout), a file path (written atomically and synced, never replaced without --force;
     /// large files, and stdout redirected to a file, are written past the page cache with O_DIRECT;
-    /// stdout overflows into the page cache while the disk lags; LIFEBOAT_NO_DIRECT_IO=1 turns
-    /// O_DIRECT off),
+    /// stdout switches to the page cache for the rest of the stream if the disk lags;
+    /// LIFEBOAT_NO_DIRECT_IO=1 turns O_DIRECT off),
     /// or a database: `postgres://user@host/db`, `redis://[user:pass@]host:port` (a server or a
     /// cluster node), or `env:NAME` holding such a URL (keeps the password out of the process list).
     #[arg(long, required_unless_present_any = ["to_command", "to_dir"], conflicts_with_all = ["to_command", "to_dir"])]
