@@ -18,7 +18,7 @@ use std::path::Path;
 use age::secrecy::ExposeSecret;
 use hmac::{Hmac, Mac};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CryptoError {
@@ -283,18 +283,29 @@ pub fn age_header_len(ct: &[u8]) -> Option<usize> {
     (end <= ct.len()).then_some(end)
 }
 
-/// A `Write` whose bytes stay readable while an age writer owns it.
+/// A `Write` whose bytes stay readable while an age writer owns it, and
+/// are hashed as they come: age hands over one 64 KiB segment at a time,
+/// still in cache, where hashing the finished file would read it all back
+/// from memory (a fifth slower, measured).
 #[derive(Clone, Default)]
-struct SharedOut(std::rc::Rc<std::cell::RefCell<Vec<u8>>>);
+struct SharedOut(std::rc::Rc<std::cell::RefCell<(Vec<u8>, Sha256)>>);
 
 impl Write for SharedOut {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.borrow_mut().extend_from_slice(buf);
+        let mut out = self.0.borrow_mut();
+        out.0.extend_from_slice(buf);
+        out.1.update(buf);
         Ok(buf.len())
     }
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
+}
+
+/// An age file and the SHA-256 of its bytes.
+pub struct Ciphertext {
+    pub bytes: Vec<u8>,
+    pub sha256: [u8; 32],
 }
 
 /// Encrypt `body` followed by the bytes `tail` makes from the file's own
@@ -304,23 +315,24 @@ pub fn encrypt_with_tail(
     recipients: &[Recipient],
     body: &[u8],
     tail: impl FnOnce(&[u8]) -> Result<Vec<u8>, String>,
-) -> Result<Vec<u8>, CryptoError> {
+) -> Result<Ciphertext, CryptoError> {
     let fail = |e: String| CryptoError::Encrypt(e);
     let enc = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
         .map_err(|e| fail(e.to_string()))?;
     let out = SharedOut::default();
-    out.0.borrow_mut().reserve(body.len() + 64 * 1024 + body.len() / 4096);
+    out.0.borrow_mut().0.reserve(body.len() + 64 * 1024 + body.len() / 4096);
     let mut w = enc.wrap_output(out.clone()).map_err(|e| fail(e.to_string()))?;
     // age writes the header and the payload nonce up front and buffers
     // plaintext, so what is out now is exactly the header.
-    let header = out.0.borrow().clone();
+    let header = out.0.borrow().0.clone();
     if age_header_len(&header) != Some(header.len()) {
         return Err(fail("unexpected age header layout".into()));
     }
     w.write_all(body).map_err(|e| fail(e.to_string()))?;
     w.write_all(&tail(&header).map_err(fail)?).map_err(|e| fail(e.to_string()))?;
     w.finish().map_err(|e| fail(e.to_string()))?;
-    Ok(out.0.take())
+    let (bytes, hasher) = out.0.take();
+    Ok(Ciphertext { bytes, sha256: hasher.finalize().into() })
 }
 
 /// Encrypt to a set of recipients (age binary format).
@@ -455,11 +467,13 @@ mod tests {
         let rcpt = id.to_public().to_string();
         let key = DedupKey::generate();
         let mut seen = Vec::new();
-        let ct = encrypt_with_tail(&[parse_recipient(&rcpt).unwrap()], b"body ", |h| {
+        let sealed = encrypt_with_tail(&[parse_recipient(&rcpt).unwrap()], b"body ", |h| {
             seen = h.to_vec();
             Ok(key.pack_mac(h).to_vec())
         })
         .unwrap();
+        assert_eq!(sealed.sha256, <[u8; 32]>::from(Sha256::digest(&sealed.bytes)), "hashed as written");
+        let ct = sealed.bytes;
         let n = age_header_len(&ct).unwrap();
         assert_eq!(&ct[..n], &seen[..], "the header the tail saw is the file's");
         let pt = decrypt_one(&id, "t", &ct).unwrap();

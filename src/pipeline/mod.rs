@@ -8,6 +8,7 @@
 //! ```
 
 mod backup;
+mod compress;
 mod pack;
 mod restore;
 

@@ -6,6 +6,7 @@
 //! chunks the trailer vouches for without hashing each one again.
 
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::crypto::{self, ChunkId, DedupKey, IdMap, Recipient};
 use crate::repo::{BlobLocation, PackBlob};
@@ -46,15 +47,18 @@ pub struct PackSealer {
 }
 
 impl PackSealer {
-    /// The encrypted pack: blobs, then the trailer, which from format 3 on
-    /// holds the MAC of the header the pack is encrypted under.
-    pub fn seal(&self, body: Vec<u8>, blobs: &[PackBlob]) -> crate::Result<Vec<u8>> {
+    /// The encrypted pack (blobs, then the trailer, which from format 3 on
+    /// holds the MAC of the header it is encrypted under) and its id, the
+    /// SHA-256 of those bytes.
+    pub fn seal(&self, body: Vec<u8>, blobs: &[PackBlob]) -> crate::Result<(ChunkId, Vec<u8>)> {
         if self.version < 3 {
-            return Ok(crypto::encrypt(&self.recipients, &seal_pack(self.version, body, blobs)?)?);
+            let ct = crypto::encrypt(&self.recipients, &seal_pack(self.version, body, blobs)?)?;
+            return Ok((ChunkId(Sha256::digest(&ct).into()), ct));
         }
-        Ok(crypto::encrypt_with_tail(&self.recipients, &body, |header| {
+        let sealed = crypto::encrypt_with_tail(&self.recipients, &body, |header| {
             trailer(self.version, blobs, Some(hex::encode(self.dedup.pack_mac(header)))).map_err(|e| e.to_string())
-        })?)
+        })?;
+        Ok((ChunkId(sealed.sha256), sealed.bytes))
     }
 }
 
