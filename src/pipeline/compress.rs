@@ -5,20 +5,32 @@
 //! time on our database dumps and did not change a single output byte
 //! (measured on the bench dump: 257,069,403 compressed bytes either way).
 //! The parameter is experimental, so it is set only on zstd versions whose
-//! numbering we checked; on any other version the context keeps zstd's
-//! defaults. The `zstd` crate does not expose it, hence the raw context.
+//! numbering we checked, and only if it still has the splitter's range; on
+//! any other zstd the context keeps the defaults. The `zstd` crate does not expose it, hence the raw context.
 
 use std::ptr::NonNull;
 
 use zstd_sys as sys;
 
-/// zstd versions whose `ZSTD_c_experimentalParam20` is `ZSTD_c_blockSplitterLevel`.
-const SPLITTER_PARAM_KNOWN: std::ops::RangeInclusive<u32> = 10507..=10600;
-/// `ZSTD_c_blockSplitterLevel` = 1: "no splitting".
+/// `ZSTD_c_blockSplitterLevel` in zstd.h of 1.5.7 and 1.6.0.
+const SPLITTER_LEVEL: sys::ZSTD_cParameter = sys::ZSTD_cParameter::ZSTD_c_experimentalParam20;
+/// Its value for "no splitting".
 const NO_SPLITTING: i32 = 1;
+
+/// Whether the linked zstd is one whose header we read, and the parameter
+/// still has the splitter's range (0 = auto to 6).
+fn splitter_param_is_known() -> bool {
+    // SAFETY: both are pure queries.
+    let (version, bounds) = unsafe { (sys::ZSTD_versionNumber(), sys::ZSTD_cParam_getBounds(SPLITTER_LEVEL)) };
+    (10507..=10600).contains(&version)
+        && unsafe { sys::ZSTD_isError(bounds.error) } == 0
+        && (bounds.lowerBound, bounds.upperBound) == (0, 6)
+}
 
 pub struct Compressor {
     cx: NonNull<sys::ZSTD_CCtx>,
+    #[cfg_attr(not(test), allow(dead_code))]
+    splitter_off: bool,
 }
 
 // SAFETY: a ZSTD_CCtx has no thread affinity; `&mut self` serialises its use.
@@ -28,11 +40,11 @@ impl Compressor {
     pub fn new(level: i32) -> Result<Self, String> {
         // SAFETY: plain constructor; a null result is handled.
         let cx = NonNull::new(unsafe { sys::ZSTD_createCCtx() }).ok_or("zstd: cannot allocate a context")?;
-        let c = Compressor { cx };
+        let mut c = Compressor { cx, splitter_off: false };
         c.set(sys::ZSTD_cParameter::ZSTD_c_compressionLevel, level)?;
-        // SAFETY: no arguments.
-        if SPLITTER_PARAM_KNOWN.contains(&unsafe { sys::ZSTD_versionNumber() }) {
-            c.set(sys::ZSTD_cParameter::ZSTD_c_experimentalParam20, NO_SPLITTING)?;
+        if splitter_param_is_known() {
+            c.set(SPLITTER_LEVEL, NO_SPLITTING)?;
+            c.splitter_off = true;
         }
         Ok(c)
     }
@@ -77,6 +89,14 @@ fn check(code: usize) -> Result<usize, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_splitter_is_off_on_the_bundled_zstd() {
+        // If a zstd upgrade falls outside the checked versions, this says so
+        // instead of letting backups silently compress slower.
+        assert!(splitter_param_is_known(), "zstd {}", unsafe { sys::ZSTD_versionNumber() });
+        assert!(Compressor::new(3).unwrap().splitter_off);
+    }
 
     #[test]
     fn frames_decode_with_the_zstd_crate_and_match_its_size() {
