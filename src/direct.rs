@@ -348,6 +348,14 @@ impl Drop for Flusher {
     }
 }
 
+/// Our stdout as a plain file handle: a dup of fd 1, so writes share its
+/// offset and flags, without std's line buffering (runs are megabytes, and
+/// `Stdout` would scan each for newlines).
+pub fn stdout_file() -> io::Result<File> {
+    use std::os::fd::AsFd;
+    Ok(File::from(io::stdout().as_fd().try_clone_to_owned()?))
+}
+
 /// Write all of `data` into a new file at `path` (`create_new`), directly
 /// when it is large; the caller syncs the returned file. For repository
 /// objects: a backup writes hundreds of MiB of packs that only a restore,
@@ -489,12 +497,11 @@ impl DirectFile {
     /// past what was written.
     pub fn stdout(size: u64) -> Option<DirectFile> {
         use std::io::Seek;
-        use std::os::fd::AsFd;
         let policy = DirectPolicy::global();
         if size < MIN_DIRECT || !policy.enabled() {
             return None;
         }
-        let mut file = File::from(io::stdout().as_fd().try_clone_to_owned().ok()?);
+        let mut file = stdout_file().ok()?;
         // SAFETY: fcntl(F_GETFL) on an open descriptor.
         let flags = unsafe { libc::fcntl(file.as_raw_fd(), libc::F_GETFL) };
         if !file.metadata().ok()?.file_type().is_file() || flags < 0 || flags & libc::O_APPEND != 0 {

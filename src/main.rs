@@ -1109,9 +1109,10 @@ async fn restore(a: RestoreArgs, json: bool) -> Result<ExitCode> {
         match a.to.as_deref() {
             Some("-") => match DirectFile::stdout(stream.size) {
                 Some(f) => restore_stream_to(&repo, &keys, &index, &manifest.id, stream, f).await?.0,
-                // Unbuffered: runs are megabytes, and std's line-buffered
-                // stdout would scan each for newlines first.
-                None => restore_stream(&repo, &keys, &index, &manifest.id, stream, stdout_file()?).await?,
+                None => {
+                    let out = lifeboat::direct::stdout_file().context("cannot use stdout")?;
+                    restore_stream(&repo, &keys, &index, &manifest.id, stream, out).await?
+                }
             },
             Some(path) => {
                 let path = PathBuf::from(path);
@@ -2229,11 +2230,4 @@ async fn report_cmd(a: ReportArgs) -> Result<ExitCode> {
     eprintln!("{} report for {}: {} ({} reason(s))", a.format, data.title, data.verdict.label(), data.reasons.len());
     println!("{}", path.display());
     Ok(ExitCode::SUCCESS)
-}
-
-/// Our stdout as a plain file handle (a dup of fd 1: writes share its offset).
-fn stdout_file() -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsFd;
-    let fd = std::io::stdout().as_fd().try_clone_to_owned().context("cannot use stdout")?;
-    Ok(std::fs::File::from(fd))
 }
